@@ -1,0 +1,7 @@
+"""prunelab: prune causal language models with many algorithms and evaluate them under one protocol."""
+from .api import PruneResult, evaluate, prune
+from .config import CalibrationConfig, PruneConfig
+from .patterns import Pattern
+
+__version__ = "0.1.0"
+__all__ = ["prune", "evaluate", "PruneResult", "PruneConfig", "CalibrationConfig", "Pattern", "__version__"]

@@ -1,0 +1,78 @@
+"""SparseGPT (Frantar & Alistarh, 2023, arXiv 2301.00774).
+
+Columns are processed left to right. Each pruned weight w_q is removed with the OBS update that keeps the
+layer output XW closest to dense, spreading its error (w_q / [H⁻¹]_qq) over the columns not yet processed
+through the row of the upper Cholesky factor of H⁻¹. Masks are chosen adaptively per block of ``blocksize``
+columns by the OBS saliency w² / [H⁻¹]_qq², taken from the weights as already updated. Updates inside a
+block are applied column by column; updates to later blocks are batched ("lazy") into one matmul per block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..patterns import Pattern, lowest_k_mask, lowest_k_per_row_mask, nm_mask
+from .base import PruningAlgorithm, register
+
+
+def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = dampening · mean(diag H), in fp64 for robustness.
+
+    Returns the factor (fp32) and the mask of dead inputs (diag H = 0), whose weights carry no signal.
+    """
+    h = hessian.double().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    h.diagonal().add_(dampening * torch.diagonal(h).mean())
+    lower = torch.linalg.cholesky(h)
+    h_inv = torch.cholesky_inverse(lower)
+    return torch.linalg.cholesky(h_inv, upper=True).float(), dead
+
+
+@register
+@dataclass
+class SparseGPT(PruningAlgorithm):
+    name = "sparsegpt"
+    needs = frozenset({"hessian"})
+    blocksize: int = 128
+    dampening: float = 0.01
+
+    def __post_init__(self):
+        if self.blocksize < 1:
+            raise ValueError("blocksize must be >= 1")
+        if not 0 < self.dampening < 1:
+            raise ValueError("dampening must be in (0, 1)")
+
+    def prune(self, weight: torch.Tensor, stats, pattern: Pattern) -> torch.Tensor:
+        hinv, dead = damped_inverse_cholesky(stats.require_hessian(), self.dampening)
+        w = weight.float().clone()
+        w[:, dead] = 0.0
+        rows, cols = w.shape
+        if pattern.is_nm and self.blocksize % pattern.m:
+            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={pattern.m}")
+        for start in range(0, cols, self.blocksize):
+            end = min(start + self.blocksize, cols)
+            w_block = w[:, start:end].clone()
+            h_block = hinv[start:end, start:end]
+            d = torch.diagonal(h_block)
+            if pattern.is_nm:
+                pruned = torch.zeros_like(w_block, dtype=torch.bool)  # chosen group by group below
+            elif pattern.scope == "row":
+                pruned = lowest_k_per_row_mask(w_block ** 2 / d[None, :] ** 2, int((end - start) * pattern.sparsity))
+            else:
+                pruned = lowest_k_mask(w_block ** 2 / d[None, :] ** 2, int(w_block.numel() * pattern.sparsity))
+            errors = torch.zeros_like(w_block)
+            for i in range(end - start):
+                if pattern.is_nm and i % pattern.m == 0:
+                    # N:M groups are chosen on the weights as updated so far, like the adaptive block mask.
+                    group = w_block[:, i:i + pattern.m] ** 2 / d[None, i:i + pattern.m] ** 2
+                    pruned[:, i:i + pattern.m] = nm_mask(group, pattern.n, pattern.m)
+                err = w_block[:, i].masked_fill(~pruned[:, i], 0.0).div_(d[i])
+                # Removing column i's pruned entries shifts the rest of the block along row i of the factor.
+                w_block[:, i:].addr_(err, h_block[i, i:], alpha=-1.0)
+                w_block[:, i].masked_fill_(pruned[:, i], 0.0)
+                errors[:, i] = err
+            w[:, start:end] = w_block
+            w[:, end:].sub_(errors @ hinv[start:end, end:])
+        return w

@@ -1,0 +1,119 @@
+"""Command line: ``prunelab prune`` and ``prunelab eval``. Parsing and printing only; the work is in api.py."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .models.loading import DEFAULT_MODEL
+
+
+def _method_options(pairs: list[str]) -> dict:
+    """``--opt blocksize=64 --opt dampening=0.05`` -> {"blocksize": 64, "dampening": 0.05}."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--opt takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .algorithms import available
+
+    parser = argparse.ArgumentParser(prog="prunelab", description="Prune and evaluate causal language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model and save it as a Hugging Face folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedded name, HF folder, hub id or .gguf (default {DEFAULT_MODEL})")
+    p.add_argument("--method", required=True, choices=available())
+    p.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1)")
+    p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M (N zeroed of every M, e.g. 2:4)")
+    p.add_argument("--scope", choices=["layer", "row", "global"], help="where unstructured sparsity is counted "
+                   "(default: the method's; wanda=row, others=layer; global = one threshold over all layers)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, e.g. --opt dampening=0.01")
+    p.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, or a .txt/.jsonl file)")
+    p.add_argument("--calib-split", default=None, help="default: train for c4, validation otherwise")
+    p.add_argument("--calib-samples", type=int, help="segments (default 64 for the embedded model, else 128)")
+    p.add_argument("--calib-seqlen", type=int, help="tokens per segment (default 512 for the embedded model, else 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="compute device for one block at a time (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (layer math is fp32 regardless)")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--eval", dest="eval_data", help="also report perplexity on this corpus (e.g. wikitext2)")
+    p.add_argument("--eval-seqlen", type=int)
+    p.add_argument("--eval-windows", type=int, help="evaluate only the first K windows")
+    p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("eval", help="perplexity of a model with the standard protocol")
+    e.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    e.add_argument("--data", default="wikitext2")
+    e.add_argument("--split", default="test")
+    e.add_argument("--seqlen", type=int, help="window length (default 2048; 512 for the embedded model)")
+    e.add_argument("--max-windows", type=int)
+    e.add_argument("--batch-size", type=int, default=1)
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--device")
+    e.add_argument("--json", help="write the result to this JSON file")
+    e.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _prune(args) -> int:
+    from .api import prune
+    from .config import DEFAULT_MODEL as _DEFAULT, EMBEDDED_CALIBRATION, PAPER_CALIBRATION, CalibrationConfig, PruneConfig
+
+    n_default, len_default = EMBEDDED_CALIBRATION if args.model == _DEFAULT else PAPER_CALIBRATION
+    split = args.calib_split or ("train" if args.calib == "c4" else "validation")
+    calibration = CalibrationConfig(args.calib, split, args.calib_samples or n_default, args.calib_seqlen or len_default,
+                                    args.seed)
+    sparsity = args.sparsity
+    if sparsity is None and args.pattern == "unstructured":
+        raise ValueError("--sparsity is required for unstructured pruning (or give --pattern N:M)")
+    config = PruneConfig(method=args.method, model=args.model, sparsity=sparsity, pattern=args.pattern,
+                         scope=args.scope, method_options=_method_options(args.opt), calibration=calibration,
+                         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    result = prune(config, out=args.out, force=args.force, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
+                   eval_windows=args.eval_windows, progress=not args.quiet)
+    rec = result.record
+    summary = {"out": str(result.out), "sparsity": rec["summary"]["sparsity"], "prune_seconds": rec["prune_seconds"],
+               "peak_rss_mb": rec["peak_rss_bytes"] / 2**20}
+    for name, ev in rec.get("eval", {}).items():
+        summary[f"{name}_ppl"] = ev["ppl"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _eval(args) -> int:
+    from .api import evaluate
+    from .export import write_json
+
+    result = evaluate(args.model, data=args.data, split=args.split, seqlen=args.seqlen, max_windows=args.max_windows,
+                      batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.quiet)
+    if args.json:
+        from pathlib import Path
+        write_json(Path(args.json), result)
+    print(json.dumps({k: result[k] for k in ("ppl", "seqlen", "windows", "tokens", "seconds") if k in result}, indent=2))
+    return 0 if result["finite"] else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"prune": _prune, "eval": _eval}[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunelab: interrupted; nothing was written to the output folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The sequential engine: prune a model block by block on calibration activations.
+
+For each decoder block: hook its prunable layers' inputs and accumulate the statistics the algorithm asks for
+(layers fed the same tensor, like q/k/v, share one accumulator), let the algorithm solve each layer, then
+re-run the block with pruned weights so its outputs become the next block's inputs. Only the current block
+and the calibration activations (n × seqlen × hidden, twice) live on the compute device; the model stays
+where it was loaded. Methods that need no statistics (magnitude) never run a forward pass.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.adapters import BlockCall, ModelAdapter
+from ..patterns import Pattern
+from .stats import LayerStats, StatsAccumulator
+
+if TYPE_CHECKING:  # algorithms import engine.stats; a runtime import here would be circular
+    from ..algorithms.base import PruningAlgorithm
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    sparsity: float  # measured fraction of exact zeros after pruning
+    seconds: float  # time spent in the algorithm for this layer
+    reconstruction_error: float | None = None  # ‖X(Ŵ−W)‖_F / ‖XŴ‖_F from XᵀX, when the Hessian was collected
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity, "seconds": self.seconds,
+                "reconstruction_error": self.reconstruction_error}
+
+
+def relative_reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> float:
+    """‖XŴ − XW‖_F / ‖XŴ‖_F computed from H = XᵀX without another forward pass (products in fp32, sums in fp64)."""
+    diff = dense.float() - pruned.float()
+    num = ((diff @ hessian) * diff).sum(dtype=torch.float64).clamp_min(0)
+    den = ((dense.float() @ hessian) * dense.float()).sum(dtype=torch.float64)
+    return float((num / den).sqrt()) if den > 0 else float("nan")
+
+
+def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern) -> LayerReport:
+    dense = adapter.get_weight(layer).float()
+    start = time.perf_counter()
+    pruned = algorithm.prune(dense, stats, pattern)
+    seconds = time.perf_counter() - start
+    if pruned.shape != dense.shape or not torch.isfinite(pruned).all():
+        raise RuntimeError(f"{algorithm.name} returned a bad weight for {name} (shape {tuple(pruned.shape)}, "
+                           f"finite={bool(torch.isfinite(pruned).all())})")
+    error = None
+    if stats is not None and stats.hessian is not None:
+        error = relative_reconstruction_error(dense, pruned, stats.hessian)
+    adapter.set_weight(layer, pruned)
+    sparsity = float((adapter.get_weight(layer) == 0).float().mean())
+    return LayerReport(name, tuple(dense.shape), sparsity, seconds, error)
+
+
+def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: Pattern) -> list[LayerReport]:
+    """One threshold across all prunable layers (data-free scores only); exact count, ties in layer order."""
+    layers = list(adapter.named_prunable_layers())
+    scores = [algorithm.scores(adapter.get_weight(layer).float(), None).flatten() for _, layer in layers]
+    flat = torch.cat(scores)
+    k = int(flat.numel() * pattern.sparsity)
+    reports = []
+    if k == 0:
+        return [LayerReport(n, tuple(adapter.get_weight(l).shape), float((adapter.get_weight(l) == 0).float().mean()), 0.0)
+                for n, l in layers]
+    threshold = flat.kthvalue(k).values
+    tie_budget = k - int((flat < threshold).sum())
+    del flat
+    for (name, layer), s in zip(layers, scores):
+        start = time.perf_counter()
+        pruned_mask = s < threshold
+        ties = torch.nonzero(s == threshold).flatten()[:tie_budget]
+        pruned_mask[ties] = True
+        tie_budget -= ties.numel()
+        weight = adapter.get_weight(layer)
+        adapter.set_weight(layer, weight.float().masked_fill(pruned_mask.view_as(weight), 0.0))
+        reports.append(LayerReport(name, tuple(weight.shape), float((adapter.get_weight(layer) == 0).float().mean()),
+                                   time.perf_counter() - start))
+    return reports
+
+
+def _collect_stats(adapter, block, layers: dict, inputs, call: BlockCall, needs, device) -> dict[str, LayerStats]:
+    """Run the block on every calibration sample, accumulating input statistics per layer."""
+    # Sample 0 is run with recording hooks to learn which layers share an input tensor.
+    seen: dict[str, torch.Tensor] = {}
+    handles = [layer.register_forward_hook(lambda m, inp, out, n=name: seen.__setitem__(n, inp[0]))
+               for name, layer in layers.items()]
+    with torch.no_grad():
+        adapter.run_block(block, inputs[0:1].to(device), call)
+    for h in handles:
+        h.remove()
+    leaders: dict[str, str] = {}  # layer name -> name of the layer whose accumulator it shares
+    for name in layers:
+        leaders[name] = next((other for other in leaders if leaders[other] == other and seen[other] is seen[name]), name)
+    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device)
+                    for name in layers if leaders[name] == name}
+    for name, acc in accumulators.items():
+        acc.add(seen[name])
+    seen.clear()
+    handles = [layers[name].register_forward_hook(lambda m, inp, out, a=acc: a.add(inp[0]))
+               for name, acc in accumulators.items()]
+    try:
+        with torch.no_grad():
+            for i in range(1, inputs.shape[0]):
+                adapter.run_block(block, inputs[i:i + 1].to(device), call)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: accumulators[leaders[name]].result() for name in layers}
+
+
+def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibration: torch.Tensor | None = None,
+                device: str | torch.device = "cpu", progress: bool = True) -> list[LayerReport]:
+    """Prune every prunable layer of ``model`` in place; returns one report per layer in model order.
+
+    ``calibration`` is a LongTensor (n, seqlen) of token ids, required when ``algorithm.needs`` is not empty.
+    """
+    adapter = ModelAdapter(model)
+    device = torch.device(device)
+    if pattern.is_noop:
+        return [LayerReport(n, tuple(adapter.get_weight(l).shape), float((adapter.get_weight(l) == 0).float().mean()), 0.0)
+                for n, l in adapter.named_prunable_layers()]
+    if pattern.scope == "global":
+        if algorithm.needs or "global" not in algorithm.scopes:
+            raise ValueError(f"global scope needs data-free scores; {algorithm.name} does not support it")
+        return _prune_global(adapter, algorithm, pattern)
+
+    needs = frozenset(algorithm.needs)
+    reports: list[LayerReport] = []
+    bar = tqdm(total=len(adapter.blocks), desc=f"{algorithm.name} {pattern.describe()}", unit="block",
+               disable=not progress)
+    if not needs:
+        for i, block in enumerate(adapter.blocks):
+            for name, layer in adapter.prunable_layers(block).items():
+                reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm, None, pattern))
+            bar.update()
+        bar.close()
+        return reports
+
+    if calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1:
+        raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
+    calls = adapter.record_block_calls(calibration)
+    inputs = adapter.block_inputs(calibration)
+    outputs = torch.empty_like(inputs)
+    for i, block in enumerate(adapter.blocks):
+        home = next(block.parameters()).device
+        block.to(device)
+        call = calls[i].to(device)
+        layers = adapter.prunable_layers(block)
+        stats = _collect_stats(adapter, block, layers, inputs, call, needs, device)
+        for name, layer in layers.items():
+            reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm,
+                                        stats[name], pattern))
+        del stats
+        with torch.no_grad():
+            for s in range(inputs.shape[0]):
+                outputs[s:s + 1] = adapter.run_block(block, inputs[s:s + 1].to(device), call).to(outputs.device)
+        block.to(home)
+        inputs, outputs = outputs, inputs
+        bar.update()
+    bar.close()
+    return reports

@@ -1,0 +1,57 @@
+"""Statistics of a layer's calibration inputs, accumulated only as far as a method asks for them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+STAT_KINDS = frozenset({"sq_norm", "hessian"})
+
+
+@dataclass
+class LayerStats:
+    """What algorithms see of the calibration inputs X (tokens × in_features) of one layer.
+
+    ``sq_norm[j] = Σ_t X[t, j]²`` (Wanda's ‖X_j‖₂²) and ``hessian = XᵀX``, both as sums over ``n_tokens``
+    tokens, in fp32; either may be None if the method did not ask for it.
+    """
+    n_tokens: int
+    sq_norm: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
+
+    def column_sq_norm(self) -> torch.Tensor:
+        if self.sq_norm is not None:
+            return self.sq_norm
+        if self.hessian is not None:
+            return torch.diagonal(self.hessian).clone()
+        raise ValueError("this method needs input statistics, but none were collected")
+
+    def require_hessian(self) -> torch.Tensor:
+        if self.hessian is None:
+            raise ValueError("this method needs the input Hessian XᵀX, but it was not collected")
+        return self.hessian
+
+
+class StatsAccumulator:
+    """Accumulates one layer's input statistics over calibration batches (fp32, on the compute device)."""
+
+    def __init__(self, in_features: int, needs: frozenset[str], device):
+        unknown = set(needs) - STAT_KINDS
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(STAT_KINDS)}")
+        self.in_features = in_features
+        self.n_tokens = 0
+        self.hessian = torch.zeros(in_features, in_features, device=device) if "hessian" in needs else None
+        # With the Hessian present, the squared norms are its diagonal: no need to accumulate them twice.
+        self.sq_norm = torch.zeros(in_features, device=device) if ("sq_norm" in needs and self.hessian is None) else None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, self.in_features).float()
+        self.n_tokens += x.shape[0]
+        if self.hessian is not None:
+            self.hessian.addmm_(x.t(), x)
+        if self.sq_norm is not None:
+            self.sq_norm.add_((x * x).sum(dim=0))
+
+    def result(self) -> LayerStats:
+        return LayerStats(self.n_tokens, self.sq_norm, self.hessian)

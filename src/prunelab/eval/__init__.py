@@ -1,0 +1,3 @@
+from .perplexity import perplexity
+
+__all__ = ["perplexity"]

