@@ -28,9 +28,10 @@ CONFIGS = {
 FAMILY_NAMES = sorted(CONFIGS)
 
 
-def tiny_model(name: str, seed: int = 0):
+def tiny_model(name: str, seed: int = 0, vocab: int = VOCAB):
     torch.manual_seed(seed)
     config = CONFIGS[name]()
+    config.vocab_size = vocab
     config._attn_implementation = "eager" if name.startswith("gemma") else "sdpa"
     model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
@@ -41,3 +42,27 @@ def tiny_model(name: str, seed: int = 0):
 def random_ids(n: int, seqlen: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (n, seqlen), generator=g)
+
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Pruning removes weights from a network while keeping its "
+        "outputs close to the dense model. Calibration data gives the statistics of each layer's inputs. ") * 40
+
+
+def tiny_tokenizer(vocab: int = 300):
+    """A byte-level BPE tokenizer trained in memory on TEXT (no download)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([TEXT], vocab_size=vocab, min_frequency=1, special_tokens=["<eos>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<eos>")
+    return tok
+
+
+def save_tiny_folder(name: str, path, vocab: int = 300):
+    """A tiny model of family ``name`` with its tokenizer, saved as an ordinary HF folder."""
+    tok = tiny_tokenizer(vocab)
+    model = tiny_model(name, vocab=len(tok))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

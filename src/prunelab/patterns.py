@@ -44,10 +44,11 @@ class Pattern:
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
         if not match:
             raise ValueError(f"pattern must be 'unstructured' or 'N:M' such as 2:4, got {pattern!r}")
-        n, m = int(match[1]), int(match[2])
-        if sparsity is not None and abs(float(sparsity) - n / m) > 1e-9:
-            raise ValueError(f"pattern {n}:{m} prunes exactly {n / m:g} of the weights; drop --sparsity or make it {n / m:g}")
-        return cls(n=n, m=m, scope="row" if scope == "global" else scope)
+        nm = cls(n=int(match[1]), m=int(match[2]), scope="row" if scope == "global" else scope)
+        if sparsity is not None and abs(float(sparsity) - nm.target_sparsity) > 1e-9:
+            raise ValueError(f"pattern {nm.n}:{nm.m} prunes exactly {nm.target_sparsity:g} of the weights; "
+                             f"drop --sparsity or make it {nm.target_sparsity:g}")
+        return nm
 
     @property
     def is_nm(self) -> bool:

@@ -1,0 +1,135 @@
+"""The sequential engine on tiny random models of every family."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from prunelab.algorithms import get_algorithm, register
+from prunelab.algorithms.magnitude import Magnitude
+from prunelab.engine import prune_model
+from prunelab.models import ModelAdapter
+from prunelab.patterns import Pattern
+from tiny_models import FAMILY_NAMES, random_ids, tiny_model
+
+PATTERNS = {"u50": Pattern(0.5), "2:4": Pattern(n=2, m=4)}
+
+
+def expected_zeros(shape, pattern, scope):
+    rows, cols = shape
+    if pattern.is_nm:
+        return rows * cols * pattern.n // pattern.m
+    if scope == "row":
+        return rows * int(cols * pattern.sparsity)
+    return int(rows * cols * pattern.sparsity)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern_name", list(PATTERNS))
+def test_every_family_prunes_to_the_exact_pattern(family, method, pattern_name):
+    model = tiny_model(family)
+    algorithm = get_algorithm(method)
+    pattern = PATTERNS[pattern_name]
+    if not pattern.is_nm:
+        pattern = Pattern(0.5, scope=algorithm.default_scope)
+    reports = prune_model(model, algorithm, pattern, random_ids(4, 16), progress=False)
+    adapter = ModelAdapter(model)
+    layers = dict(adapter.named_prunable_layers())
+    assert [r.name for r in reports] == list(layers)
+    for r in reports:
+        w = adapter.get_weight(layers[r.name])
+        zeros = int((w == 0).sum())
+        assert zeros == expected_zeros(w.shape, pattern, pattern.scope), r.name
+        assert r.sparsity == pytest.approx(zeros / w.numel())
+        if pattern.is_nm:
+            assert torch.equal((w == 0).view(w.shape[0], -1, 4).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=random_ids(1, 16, seed=9)).logits).all()
+    if method == "sparsegpt":
+        assert all(r.reconstruction_error is not None and 0 <= r.reconstruction_error < 1.5 for r in reports)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_pruning_is_deterministic(family):
+    states = []
+    for _ in range(2):
+        model = tiny_model(family)
+        prune_model(model, get_algorithm("sparsegpt"), Pattern(0.6), random_ids(4, 16), progress=False)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_zero_sparsity_is_a_noop():
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prune_model(model, get_algorithm("sparsegpt"), Pattern(0.0), random_ids(2, 8), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_embeddings_and_head_are_never_pruned():
+    model = tiny_model("gpt2")  # tied embeddings
+    embed = model.get_input_embeddings().weight.clone()
+    prune_model(model, get_algorithm("magnitude"), Pattern(0.9), progress=False)
+    assert torch.equal(model.get_input_embeddings().weight, embed)
+
+
+def test_global_magnitude_uses_one_threshold_with_exact_count():
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    dense = torch.cat([adapter.get_weight(l).abs().flatten().clone() for _, l in adapter.named_prunable_layers()])
+    prune_model(model, get_algorithm("magnitude"), Pattern(0.7, scope="global"), progress=False)
+    after = torch.cat([adapter.get_weight(l).flatten() for _, l in adapter.named_prunable_layers()])
+    pruned = after == 0
+    assert int(pruned.sum()) == int(dense.numel() * 0.7)
+    assert dense[pruned].max() <= dense[~pruned].min()
+    per_layer = [float((adapter.get_weight(l) == 0).float().mean()) for _, l in adapter.named_prunable_layers()]
+    assert max(per_layer) - min(per_layer) > 0.01  # global scope gives non-uniform layer sparsity
+
+
+def test_global_scope_is_refused_for_calibrated_methods():
+    with pytest.raises(ValueError, match="global scope"):
+        prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5, scope="global"), random_ids(2, 8),
+                    progress=False)
+
+
+@register
+@dataclass
+class RecordingMagnitude(Magnitude):
+    """A plug-in algorithm (registered from outside the package) that keeps the statistics it was given."""
+    name = "test-recording"
+    needs = frozenset({"hessian"})
+    seen = {}
+
+    def prune(self, weight, stats, pattern):
+        RecordingMagnitude.seen[len(RecordingMagnitude.seen)] = stats
+        return super().prune(weight, stats, pattern)
+
+
+def test_later_blocks_are_calibrated_on_outputs_of_pruned_earlier_blocks():
+    model = tiny_model("llama")
+    ids = random_ids(3, 12)
+    RecordingMagnitude.seen.clear()
+    prune_model(model, get_algorithm("test-recording"), Pattern(0.5), ids, progress=False)
+    adapter = ModelAdapter(model)
+    names = [n for n, _ in adapter.named_prunable_layers()]
+    # q_proj of block 1 is fed by block 0 (now pruned) through block 1's input norm, untouched by pruning
+    # block 1 itself: its inputs in the final model are exactly what the engine calibrated it on.
+    q1 = names.index("model.layers.1.self_attn.q_proj")
+    captured = []
+    handle = model.model.layers[1].self_attn.q_proj.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    with torch.no_grad():
+        for row in ids:
+            model(input_ids=row[None])
+    handle.remove()
+    x = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured])
+    stats = RecordingMagnitude.seen[q1]
+    assert stats.n_tokens == 36
+    torch.testing.assert_close(stats.hessian, x.T @ x, rtol=1e-4, atol=1e-4)
+    # q, k and v share one input, hence one accumulator.
+    k1 = names.index("model.layers.1.self_attn.k_proj")
+    assert RecordingMagnitude.seen[k1].hessian is stats.hessian
+
+
+def test_calibrated_method_without_calibration_is_refused():
+    with pytest.raises(ValueError, match="needs calibration token ids"):
+        prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5), None, progress=False)
