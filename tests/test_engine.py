@@ -133,3 +133,15 @@ def test_later_blocks_are_calibrated_on_outputs_of_pruned_earlier_blocks():
 def test_calibrated_method_without_calibration_is_refused():
     with pytest.raises(ValueError, match="needs calibration token ids"):
         prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5), None, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_are_pruned_with_fp32_math(dtype):
+    model = tiny_model("qwen2").to(dtype)
+    reports = prune_model(model, get_algorithm("sparsegpt"), Pattern(n=2, m=4), random_ids(4, 16), progress=False)
+    adapter = ModelAdapter(model)
+    for _, layer in adapter.named_prunable_layers():
+        assert layer.weight.dtype == dtype
+        w = adapter.get_weight(layer)
+        assert torch.equal((w == 0).view(w.shape[0], -1, 4).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
+    assert all(r.reconstruction_error is not None and r.reconstruction_error < 1 for r in reports)

@@ -53,9 +53,11 @@ class PruneConfig:
         if self.calibration is None:
             n, seqlen = EMBEDDED_CALIBRATION if self.model == DEFAULT_MODEL else PAPER_CALIBRATION
             object.__setattr__(self, "calibration", CalibrationConfig(samples=n, seqlen=seqlen))
+        import torch
         if self.device is None:
-            import torch
             object.__setattr__(self, "device", "cuda" if torch.cuda.is_available() else "cpu")
+        elif str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available here; use --device cpu")
 
     def algorithm(self):
         return get_algorithm(self.method, **self.method_options)
