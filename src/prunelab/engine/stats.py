@@ -5,19 +5,20 @@ from dataclasses import dataclass
 
 import torch
 
-STAT_KINDS = frozenset({"sq_norm", "hessian"})
+STAT_KINDS = frozenset({"sq_norm", "hessian", "mean"})
 
 
 @dataclass
 class LayerStats:
     """What algorithms see of the calibration inputs X (tokens × in_features) of one layer.
 
-    ``sq_norm[j] = Σ_t X[t, j]²`` (Wanda's ‖X_j‖₂²) and ``hessian = XᵀX``, both as sums over ``n_tokens``
-    tokens, in fp32; either may be None if the method did not ask for it.
+    ``sq_norm[j] = Σ_t X[t, j]²`` (Wanda's ‖X_j‖₂²), ``hessian = XᵀX`` and ``mean_sum[j] = Σ_t X[t, j]``, all
+    as sums over ``n_tokens`` tokens, in fp32; each may be None if the method did not ask for it.
     """
     n_tokens: int
     sq_norm: torch.Tensor | None = None
     hessian: torch.Tensor | None = None
+    mean_sum: torch.Tensor | None = None
 
     def column_sq_norm(self) -> torch.Tensor:
         if self.sq_norm is not None:
@@ -25,6 +26,12 @@ class LayerStats:
         if self.hessian is not None:
             return torch.diagonal(self.hessian).clone()
         raise ValueError("this method needs input statistics, but none were collected")
+
+    def column_mean(self) -> torch.Tensor:
+        """E[x_j] over the calibration tokens."""
+        if self.mean_sum is None:
+            raise ValueError("this method needs the input column means, but they were not collected")
+        return self.mean_sum / max(self.n_tokens, 1)
 
     def require_hessian(self) -> torch.Tensor:
         if self.hessian is None:
@@ -44,6 +51,7 @@ class StatsAccumulator:
         self.hessian = torch.zeros(in_features, in_features, device=device) if "hessian" in needs else None
         # With the Hessian present, the squared norms are its diagonal: no need to accumulate them twice.
         self.sq_norm = torch.zeros(in_features, device=device) if ("sq_norm" in needs and self.hessian is None) else None
+        self.mean_sum = torch.zeros(in_features, device=device) if "mean" in needs else None
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, self.in_features).float()
@@ -52,6 +60,8 @@ class StatsAccumulator:
             self.hessian.addmm_(x.t(), x)
         if self.sq_norm is not None:
             self.sq_norm.add_((x * x).sum(dim=0))
+        if self.mean_sum is not None:
+            self.mean_sum.add_(x.sum(dim=0))
 
     def result(self) -> LayerStats:
-        return LayerStats(self.n_tokens, self.sq_norm, self.hessian)
+        return LayerStats(self.n_tokens, self.sq_norm, self.hessian, self.mean_sum)

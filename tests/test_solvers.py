@@ -1,0 +1,243 @@
+"""Refit (PCG), ALPS, MAMA and DSnoT against closed forms and slow, plainly written references."""
+import pytest
+import torch
+
+from prunelab.algorithms import alps, dsnot, get_algorithm, mama  # noqa: F401  (registration)
+from prunelab.algorithms.alps import project
+from prunelab.algorithms.dsnot import dsnot_refine
+from prunelab.algorithms.refit import refit_on_support
+from prunelab.engine.sequential import relative_reconstruction_error
+from prunelab.engine.stats import LayerStats, StatsAccumulator
+from prunelab.patterns import Pattern, select_pruned
+from test_algorithms import correlated_inputs
+
+
+def all_stats(x):
+    acc = StatsAccumulator(x.shape[1], frozenset({"hessian", "sq_norm", "mean"}), "cpu")
+    for chunk in x.split(200):
+        acc.add(chunk[None])
+    return acc.result()
+
+
+def closed_form_refit(w, h, keep, damp=0.0):
+    out = torch.zeros_like(w)
+    for r in range(w.shape[0]):
+        s = keep[r].nonzero().flatten()
+        if len(s):
+            h_ss = h[s][:, s] + damp * torch.eye(len(s), dtype=h.dtype)
+            out[r, s] = torch.linalg.solve(h_ss, (w[r] @ h)[s])
+    return out
+
+
+def assert_pattern(out, pattern, dense_shape):
+    rows, cols = dense_shape
+    zeros = out == 0
+    if pattern.is_nm:
+        assert torch.equal(zeros.view(rows, -1, pattern.m).sum(-1), torch.full((rows, cols // pattern.m), pattern.n))
+    elif pattern.scope == "row":
+        assert torch.equal(zeros.sum(1), torch.full((rows,), int(cols * pattern.sparsity)))
+    else:
+        assert int(zeros.sum()) == int(rows * cols * pattern.sparsity)
+
+
+# ---- refit ---------------------------------------------------------------------------------------------------
+
+def test_stats_mean_kind_and_old_layout():
+    x = correlated_inputs()
+    stats = all_stats(x)
+    torch.testing.assert_close(stats.column_mean(), x.mean(0), rtol=1e-5, atol=1e-5)
+    assert LayerStats(5, None, None).mean_sum is None  # positional construction unchanged
+    with pytest.raises(ValueError, match="column means"):
+        LayerStats(5).column_mean()
+
+
+def test_refit_equals_closed_form_least_squares():
+    x = correlated_inputs(features=48).double()
+    h = x.T @ x
+    w = torch.randn(12, 48, dtype=torch.float64)
+    keep = torch.rand(12, 48) > 0.6
+    keep[3] = False  # a row with nothing kept stays zero
+    out = refit_on_support(w, h, keep, iters=300, tol=1e-12, dampening=0.0)
+    ref = closed_form_refit(w, h, keep)
+    assert (out[~keep] == 0).all()
+    torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-8)
+    warm = refit_on_support(w, h, keep, iters=300, tol=1e-12, dampening=0.0, w0=ref + 0.1)
+    torch.testing.assert_close(warm, ref, rtol=1e-7, atol=1e-8)
+    damped = refit_on_support(w, h, keep, iters=300, tol=1e-12, dampening=1e-2)
+    lam = 1e-2 * torch.diagonal(h).mean()
+    torch.testing.assert_close(damped, closed_form_refit(w, h, keep, lam), rtol=1e-7, atol=1e-8)
+
+
+def test_refit_fp32_and_dead_inputs():
+    x = correlated_inputs(features=48)
+    x[:, 7] = 0
+    h = x.T @ x
+    w = torch.randn(10, 48)
+    keep = torch.rand(10, 48) > 0.5
+    out = refit_on_support(w, h, keep)
+    assert torch.isfinite(out).all() and (out[~keep] == 0).all()
+    live = torch.ones(48, dtype=torch.bool)
+    live[7] = False
+    ref = closed_form_refit(w.double()[:, live], h.double()[live][:, live], keep[:, live]).float()
+    torch.testing.assert_close(out[:, live], ref, rtol=1e-3, atol=1e-3)
+
+
+# ---- ALPS ----------------------------------------------------------------------------------------------------
+
+def test_projection_respects_nm_exactly():
+    z = torch.randn(16, 32)
+    for n, m in [(2, 4), (4, 8), (1, 4)]:
+        proj, pruned = project(z, Pattern(n=n, m=m))
+        assert torch.equal(pruned.view(16, -1, m).sum(-1), torch.full((16, 32 // m), n))
+        groups = z.abs().view(16, -1, m)
+        kept_min = groups.masked_fill(pruned.view(16, -1, m), float("inf")).min(-1).values
+        pruned_max = groups.masked_fill(~pruned.view(16, -1, m), -1.0).max(-1).values
+        assert (kept_min >= pruned_max).all()
+        assert torch.equal(proj, z.masked_fill(pruned, 0.0))
+
+
+@pytest.mark.parametrize("pattern", [Pattern(0.7), Pattern(0.5, scope="row"), Pattern(n=2, m=4)])
+def test_alps_pattern_settling_and_refit(pattern):
+    x = correlated_inputs()
+    stats = all_stats(x)
+    w = torch.randn(24, 64)
+    algo = get_algorithm("alps")
+    out = algo.prune(w, stats, pattern)
+    assert_pattern(out, pattern, w.shape)
+    trace = algo.last_trace
+    assert len(trace) < algo.max_iters and trace[-algo.patience:] == [0] * algo.patience and max(trace) > 0
+    again = refit_on_support(w, stats.hessian, out != 0)
+    torch.testing.assert_close(out, again, rtol=1e-3, atol=1e-3)
+    ref = closed_form_refit(w.double(), stats.hessian.double(), out != 0).float()
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    assert "last_trace" not in algo.options()
+
+
+def test_alps_beats_sparsegpt_at_70_percent():
+    x = correlated_inputs(features=96)
+    stats = all_stats(x)
+    w = torch.randn(48, 96)
+    err = {name: relative_reconstruction_error(w, get_algorithm(name).prune(w, stats, Pattern(0.7)), stats.hessian)
+           for name in ("sparsegpt", "alps")}
+    assert err["alps"] <= err["sparsegpt"]
+
+
+# ---- MAMA ----------------------------------------------------------------------------------------------------
+
+def slow_mama(w, h, pruned):
+    w, h = w.double(), h.double()
+    out = w.masked_fill(pruned, 0.0)
+    for i in range(w.shape[0]):
+        for j in range(w.shape[1]):
+            if not pruned[i, j]:
+                continue
+            best, best_k = None, None
+            for k in range(w.shape[1]):
+                if pruned[i, k]:
+                    continue
+                denom = (h[j, j] * h[k, k]).sqrt()
+                c = abs(h[j, k] / denom) if denom > 0 else 0.0
+                if best is None or c > best:
+                    best, best_k = c, k
+            if best_k is not None and h[best_k, best_k] > 0:
+                out[i, best_k] += w[i, j] * h[j, best_k] / h[best_k, best_k]
+    return out.float()
+
+
+@pytest.mark.parametrize("pattern,candidates", [(Pattern(0.6), 64), (Pattern(0.75, scope="row"), 3),
+                                                (Pattern(n=2, m=4), 2)])
+def test_mama_matches_slow_reference_and_magnitude_support(pattern, candidates):
+    x = correlated_inputs(tokens=256, features=32)
+    x[:, 4] = 0  # a dead input
+    stats = all_stats(x)
+    w = torch.randn(12, 32)
+    out = get_algorithm("mama", candidates=candidates, row_chunk=5).prune(w, stats, pattern)
+    magnitude = get_algorithm("magnitude").prune(w, None, pattern)
+    assert torch.equal(out == 0, magnitude == 0)
+    ref = slow_mama(w, stats.hessian, select_pruned(w.abs(), pattern))
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_mama_reconstructs_better_than_magnitude():
+    x = correlated_inputs(features=96)
+    stats = all_stats(x)
+    w = torch.randn(48, 96)
+    for pattern in (Pattern(0.6), Pattern(n=2, m=4)):
+        err = {name: relative_reconstruction_error(w, get_algorithm(name).prune(w, stats, pattern), stats.hessian)
+               for name in ("magnitude", "mama")}
+        assert err["mama"] < err["magnitude"]
+
+
+# ---- DSnoT ---------------------------------------------------------------------------------------------------
+
+def offset_inputs(tokens=512, features=64):
+    return correlated_inputs(tokens, features) + torch.linspace(-1.0, 1.5, features)
+
+
+def expected_error(w_dense, w, stats):
+    return (w_dense.double() - w.double()) @ stats.column_mean().double()
+
+
+def slow_dsnot_row(wd, wp, mu, var, norm, max_cycles, threshold, var_power, m=0):
+    wd, w = wd.tolist(), wp.tolist()
+    pruned = [v == 0 for v in w]
+    for _ in range(max_cycles):
+        e = sum((a - b) * c for a, b, c in zip(wd, w, mu))
+        if abs(e) <= threshold:
+            break
+        g, best = None, None
+        for j in range(len(w)):
+            gain = wd[j] * mu[j]
+            if pruned[j] and gain * e > 0:
+                score = abs(gain) / var[j] ** var_power
+                if best is None or score > best:
+                    g, best = j, score
+        if g is None:
+            break
+        e1 = e - wd[g] * mu[g]
+        k, best = None, None
+        for j in range(len(w)):
+            if not pruned[j] and w[j] * mu[j] * e1 <= 0 and (not m or j // m == g // m):
+                if best is None or abs(w[j]) * norm[j] < best:
+                    k, best = j, abs(w[j]) * norm[j]
+        if k is None or abs(e1 + w[k] * mu[k]) >= abs(e):
+            break
+        w[g], w[k] = wd[g], 0.0
+        pruned[g], pruned[k] = False, True
+    return torch.tensor(w, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pattern", [Pattern(0.6, scope="row"), Pattern(0.7), Pattern(n=2, m=4)])
+def test_dsnot_keeps_counts_lowers_error_and_matches_reference(pattern):
+    x = offset_inputs()
+    stats = all_stats(x)
+    w = torch.randn(16, 64)
+    start = get_algorithm("wanda").prune(w, stats, pattern)
+    out = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=0.05)
+    assert torch.equal((out == 0).sum(1), (start == 0).sum(1))
+    assert_pattern(out, pattern, w.shape)
+    kept = out != 0
+    assert torch.equal(out[kept], w[kept])  # no weight updates, only the mask moves
+    e0, e1 = expected_error(w, start, stats).abs(), expected_error(w, out, stats).abs()
+    assert (e1 <= e0 + 1e-9).all() and (e1 < e0).any()
+    mu = stats.column_mean().double()
+    sq = stats.column_sq_norm().double()
+    var = (sq / stats.n_tokens - mu ** 2).clamp_min(0)
+    var = var.clamp_min(1e-12 * float(var.max()))
+    for r in (0, 5, 11):
+        ref = slow_dsnot_row(w[r].double(), start[r].double(), mu.tolist(), var.tolist(), sq.sqrt().tolist(),
+                             30, 0.05, 1.0, pattern.m)
+        assert torch.equal(out[r].double() == 0, ref == 0)
+        torch.testing.assert_close(out[r].double(), ref)
+
+
+def test_dsnot_algorithm_refines_wanda():
+    x = offset_inputs()
+    stats = all_stats(x)
+    w = torch.randn(16, 64)
+    wanda = get_algorithm("wanda").prune(w, stats, Pattern(0.5, scope="row"))
+    out = get_algorithm("dsnot", threshold=0.01).prune(w, stats, Pattern(0.5, scope="row"))
+    assert_pattern(out, Pattern(0.5, scope="row"), w.shape)
+    assert not torch.equal(out, wanda)
+    assert expected_error(w, out, stats).abs().sum() < expected_error(w, wanda, stats).abs().sum()
+    assert get_algorithm("dsnot").needs == frozenset({"sq_norm", "mean"})
