@@ -4,7 +4,7 @@ import torch
 
 from prunelab.algorithms import available, get_algorithm
 from prunelab.engine.sequential import relative_reconstruction_error
-from prunelab.engine.stats import LayerStats, StatsAccumulator
+from prunelab.stats import LayerStats, StatsAccumulator
 from prunelab.patterns import Pattern
 
 

@@ -145,3 +145,57 @@ def test_half_precision_models_are_pruned_with_fp32_math(dtype):
         w = adapter.get_weight(layer)
         assert torch.equal((w == 0).view(w.shape[0], -1, 4).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
     assert all(r.reconstruction_error is not None and r.reconstruction_error < 1 for r in reports)
+
+
+from prunelab.engine import PostSteps  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_refit_lowers_reconstruction_error_on_every_layer(method):
+    model = tiny_model("llama")
+    algorithm = get_algorithm(method)
+    reports = prune_model(model, algorithm, Pattern(0.6, scope=algorithm.default_scope), random_ids(4, 16),
+                          progress=False, post=PostSteps(refit=True))
+    for r in reports:
+        assert r.reconstruction_error <= r.error_before_refit * (1 + 1e-4) + 1e-7, r.name
+    assert sum(r.reconstruction_error for r in reports) < 0.9 * sum(r.error_before_refit for r in reports)
+    assert all(r.sparsity >= 0.59 for r in reports)  # the refit never un-prunes
+
+
+def test_dsnot_refinement_keeps_the_pattern():
+    model = tiny_model("llama")
+    prune_model(model, get_algorithm("wanda"), Pattern(n=2, m=4), random_ids(4, 16), progress=False,
+                post=PostSteps(refine="dsnot"))
+    adapter = ModelAdapter(model)
+    for _, layer in adapter.named_prunable_layers():
+        w = adapter.get_weight(layer)
+        assert torch.equal((w == 0).view(w.shape[0], -1, 4).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
+
+
+def test_diagnostics_auto_on_with_calibration_and_forced_for_magnitude():
+    ids = random_ids(2, 8)
+    wanda = prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5, scope="row"), ids, progress=False)
+    assert all(r.reconstruction_error is not None for r in wanda)
+    plain = prune_model(tiny_model("llama"), get_algorithm("magnitude"), Pattern(0.5), None, progress=False)
+    assert all(r.reconstruction_error is None for r in plain)
+    forced = prune_model(tiny_model("llama"), get_algorithm("magnitude"), Pattern(0.5), ids, progress=False,
+                         post=PostSteps(diagnostics=True))
+    assert all(r.reconstruction_error is not None for r in forced)
+
+
+def test_mama_keeps_the_mean_output_through_the_bias():
+    model = tiny_model("opt")  # OPT layers have biases
+    ids = random_ids(3, 16)
+    layer = model.model.decoder.layers[0].self_attn.q_proj  # its inputs do not depend on any pruning
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0].reshape(-1, i[0].shape[-1])))
+    with torch.no_grad():
+        for row in ids:
+            model(input_ids=row[None])
+    handle.remove()
+    x = torch.cat(captured)
+    dense_mean = (x @ layer.weight.T + layer.bias).mean(0).detach().clone()
+    prune_model(model, get_algorithm("mama"), Pattern(0.6), ids, progress=False)
+    pruned_mean = (x @ layer.weight.T + layer.bias).mean(0).detach()
+    assert (layer.weight == 0).float().mean() == pytest.approx(0.6, abs=0.01)
+    torch.testing.assert_close(pruned_mean, dense_mean, rtol=1e-4, atol=1e-5)

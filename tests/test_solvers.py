@@ -7,7 +7,7 @@ from prunelab.algorithms.alps import project
 from prunelab.algorithms.dsnot import dsnot_refine
 from prunelab.algorithms.refit import refit_on_support
 from prunelab.engine.sequential import relative_reconstruction_error
-from prunelab.engine.stats import LayerStats, StatsAccumulator
+from prunelab.stats import LayerStats, StatsAccumulator
 from prunelab.patterns import Pattern, select_pruned
 from test_algorithms import correlated_inputs
 

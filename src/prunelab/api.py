@@ -82,11 +82,16 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         calibration, calib_info = calibration_data(tokenizer, calib)
     _log(progress, f"pruning with {config.method}, {pattern.describe()}, on {config.device}")
     start = time.perf_counter()
-    layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress)
+    layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
+                         post=config.post_steps())
     prune_seconds = time.perf_counter() - start
     summary = sparsity_summary(model)
+    errors = [r.reconstruction_error for r in layers if r.reconstruction_error is not None]
+    if errors:
+        summary["mean_reconstruction_error"] = sum(errors) / len(errors)
     _log(progress, f"pruned in {prune_seconds:.1f}s: sparsity {summary['sparsity']:.4f} of "
-                   f"{summary['prunable_params'] / 1e6:.1f}M prunable weights")
+                   f"{summary['prunable_params'] / 1e6:.1f}M prunable weights"
+                   + (f", mean layer reconstruction error {summary['mean_reconstruction_error']:.4f}" if errors else ""))
 
     record = {
         "prunelab_record": 1,

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=["layer", "row", "global"], help="where unstructured sparsity is counted "
                    "(default: the method's; wanda=row, others=layer; global = one threshold over all layers)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, e.g. --opt dampening=0.01")
+    p.add_argument("--refine", choices=["dsnot"], help="revise the method's mask with DSnoT (no weight updates)")
+    p.add_argument("--refit", action="store_true", help="least-squares weights on the final support (PCG)")
+    p.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
+                   help="record per-layer reconstruction error (default: whenever calibration runs anyway)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="add (W_dense - W)·E[x] to layer biases (default: the method's; MAMA: on)")
     p.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, or a .txt/.jsonl file)")
     p.add_argument("--calib-split", default=None, help="default: train for c4, validation otherwise")
     p.add_argument("--calib-samples", type=int, help="segments (default 64 for the embedded model, else 128)")
@@ -78,7 +84,9 @@ def _prune(args) -> int:
         raise ValueError("--sparsity is required for unstructured pruning (or give --pattern N:M)")
     config = PruneConfig(method=args.method, model=args.model, sparsity=sparsity, pattern=args.pattern,
                          scope=args.scope, method_options=_method_options(args.opt), calibration=calibration,
-                         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+                         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                         refine=args.refine, refit=args.refit, diagnostics=args.diagnostics,
+                         bias_correction=args.bias_correction)
     result = prune(config, out=args.out, force=args.force, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                    eval_windows=args.eval_windows, progress=not args.quiet)
     rec = result.record

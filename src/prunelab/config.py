@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .algorithms import get_algorithm
+from .engine.sequential import PostSteps
 from .models.loading import DEFAULT_MODEL, DTYPES
 from .patterns import Pattern
 
@@ -42,12 +43,19 @@ class PruneConfig:
     device: str | None = None  # None: CUDA when available, else CPU
     dtype: str = "float32"
     trust_remote_code: bool = False
+    refine: str | None = None  # "dsnot": revise the method's mask (DSnoT) before saving
+    refit: bool = False  # least-squares weights on the final support (PCG)
+    diagnostics: bool | None = None  # per-layer reconstruction error; None: whenever calibration runs anyway
+    bias_correction: bool | None = None  # None: the method's default (MAMA: on)
 
     def __post_init__(self):
         algorithm = get_algorithm(self.method, **self.method_options)  # raises on unknown method/options
         if self.scope is not None and self.scope not in algorithm.scopes:
             raise ValueError(f"{self.method} supports scopes {algorithm.scopes}, not {self.scope!r}")
-        self.pattern_obj()  # raises on bad sparsity / pattern
+        pattern = self.pattern_obj()  # raises on bad sparsity / pattern
+        post = self.post_steps()  # raises on unknown refinement
+        if pattern.scope == "global" and post.needs(algorithm):
+            raise ValueError("global scope works with data-free scores only; drop --refine/--refit/--diagnostics")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
         if self.calibration is None:
@@ -66,9 +74,12 @@ class PruneConfig:
         scope = self.scope or get_algorithm(self.method, **self.method_options).default_scope
         return Pattern.parse(self.sparsity, self.pattern, scope)
 
+    def post_steps(self) -> PostSteps:
+        return PostSteps(self.refine, self.refit, self.diagnostics, self.bias_correction)
+
     @property
     def needs_calibration(self) -> bool:
-        return bool(self.algorithm().needs) and not self.pattern_obj().is_noop
+        return bool(self.post_steps().needs(self.algorithm())) and not self.pattern_obj().is_noop
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from ..engine.stats import LayerStats
+from ..stats import LayerStats
 from ..patterns import Pattern, select_pruned
 
 _REGISTRY: dict[str, type["PruningAlgorithm"]] = {}
@@ -24,6 +24,7 @@ class PruningAlgorithm:
     needs: ClassVar[frozenset[str]] = frozenset()  # subset of engine.stats.STAT_KINDS
     default_scope: ClassVar[str] = "layer"
     scopes: ClassVar[tuple[str, ...]] = ("layer", "row")
+    corrects_bias: ClassVar[bool] = False  # engine adds (Ŵ − W)·E[x] to the layer bias by default
 
     def scores(self, weight: torch.Tensor, stats: LayerStats | None) -> torch.Tensor:
         """Importance of each weight (higher = keep). Score-based methods define only this."""

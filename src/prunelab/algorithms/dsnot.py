@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.stats import LayerStats
+from ..stats import LayerStats
 from ..patterns import Pattern, select_pruned
 from .base import PruningAlgorithm, register
 

@@ -10,7 +10,8 @@ by adding w_ij · H_jk / H_kk to w_ik: x_j ≈ (H_jk / H_kk) x_k is the least-sq
 so w_ij x_j is replaced by its best one-input stand-in. All moves use the original w_ij and add up. Ties go to
 the lowest k. No solve: per layer one correlation matrix and, per pruned weight, a search down the ``candidates``
 most correlated inputs of j (an exact fallback scans all of them when none of those is kept in the row).
-Dead inputs (H_jj = 0) have zero correlations and move nothing. Bias correction is the engine's job, not this.
+Dead inputs (H_jj = 0) have zero correlations and move nothing. Where the layer has a bias, the engine adds
+the mean of the signal still removed, (Ŵ − W)·E[x], to it (``corrects_bias``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .base import PruningAlgorithm, register
 class MAMA(PruningAlgorithm):
     name = "mama"
     needs = frozenset({"hessian"})
+    corrects_bias = True  # the engine moves the mean of the removed signal into the bias
     candidates: int = 64
     row_chunk: int = 256
 

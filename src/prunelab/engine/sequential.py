@@ -10,17 +10,57 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
+from ..algorithms.base import PruningAlgorithm
+from ..algorithms.dsnot import dsnot_refine
+from ..algorithms.refit import refit_on_support
 from ..models.adapters import BlockCall, ModelAdapter
 from ..patterns import Pattern
-from .stats import LayerStats, StatsAccumulator
+from ..stats import LayerStats, StatsAccumulator
 
-if TYPE_CHECKING:  # algorithms import engine.stats; a runtime import here would be circular
-    from ..algorithms.base import PruningAlgorithm
+
+REFINERS = ("dsnot",)
+
+
+@dataclass(frozen=True)
+class PostSteps:
+    """What the engine does around the algorithm, for any method.
+
+    refine: "dsnot" revises the method's mask without changing kept values (needs column norms and means);
+    refit: least-squares weights on the final support by PCG (ALPS's last step; needs XᵀX);
+    diagnostics: collect XᵀX so every layer's reconstruction error is recorded. None ("auto") does so whenever
+    calibration passes run anyway; True forces them even for data-free methods (magnitude), False never;
+    bias_correction: add (Ŵ − W)·E[x] to a layer's bias so its mean output is kept (None: the algorithm's
+    default, on for MAMA).
+    """
+    refine: str | None = None
+    refit: bool = False
+    diagnostics: bool | None = None
+    bias_correction: bool | None = None
+
+    def __post_init__(self):
+        if self.refine is not None and self.refine not in REFINERS:
+            raise ValueError(f"unknown refinement {self.refine!r}; available: {', '.join(REFINERS)}")
+
+    def corrects_bias(self, algorithm) -> bool:
+        return getattr(algorithm, "corrects_bias", False) if self.bias_correction is None else self.bias_correction
+
+    def needs(self, algorithm) -> frozenset[str]:
+        needs = set(algorithm.needs)
+        if self.refine:
+            needs |= {"sq_norm", "mean"}
+        if self.corrects_bias(algorithm):
+            needs.add("mean")
+        if self.refit or self.diagnostics or (self.diagnostics is None and needs):
+            needs.add("hessian")
+        return frozenset(needs)
+
+    def to_dict(self) -> dict:
+        return {"refine": self.refine, "refit": self.refit, "diagnostics": self.diagnostics,
+                "bias_correction": self.bias_correction}
 
 
 @dataclass
@@ -28,12 +68,13 @@ class LayerReport:
     name: str
     shape: tuple[int, int]
     sparsity: float  # measured fraction of exact zeros after pruning
-    seconds: float  # time spent in the algorithm for this layer
+    seconds: float  # time spent in the algorithm (and refine/refit) for this layer
     reconstruction_error: float | None = None  # ‖X(Ŵ−W)‖_F / ‖XŴ‖_F from XᵀX, when the Hessian was collected
+    error_before_refit: float | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity, "seconds": self.seconds,
-                "reconstruction_error": self.reconstruction_error}
+                "reconstruction_error": self.reconstruction_error, "error_before_refit": self.error_before_refit}
 
 
 def relative_reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -44,10 +85,16 @@ def relative_reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hes
     return float((num / den).sqrt()) if den > 0 else float("nan")
 
 
-def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern) -> LayerReport:
+def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps) -> LayerReport:
     dense = adapter.get_weight(layer).float()
     start = time.perf_counter()
     pruned = algorithm.prune(dense, stats, pattern)
+    if post.refine == "dsnot":
+        pruned = dsnot_refine(dense, pruned, stats, pattern)
+    before_refit = None
+    if post.refit:
+        before_refit = relative_reconstruction_error(dense, pruned, stats.hessian)
+        pruned = refit_on_support(dense, stats.hessian, pruned != 0, w0=pruned)
     seconds = time.perf_counter() - start
     if pruned.shape != dense.shape or not torch.isfinite(pruned).all():
         raise RuntimeError(f"{algorithm.name} returned a bad weight for {name} (shape {tuple(pruned.shape)}, "
@@ -55,9 +102,13 @@ def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, patt
     error = None
     if stats is not None and stats.hessian is not None:
         error = relative_reconstruction_error(dense, pruned, stats.hessian)
+    bias = getattr(layer, "bias", None)
+    if bias is not None and post.corrects_bias(algorithm) and stats is not None and stats.mean_sum is not None:
+        # Keep the layer's mean output: E[Ŵx + b] = E[Wx + b'] ⇒ b' = b + (Ŵ − W)·E[x].
+        bias.data.add_(((dense - pruned) @ stats.column_mean().to(dense)).to(bias.dtype))
     adapter.set_weight(layer, pruned)
     sparsity = float((adapter.get_weight(layer) == 0).float().mean())
-    return LayerReport(name, tuple(dense.shape), sparsity, seconds, error)
+    return LayerReport(name, tuple(dense.shape), sparsity, seconds, error, before_refit)
 
 
 def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: Pattern) -> list[LayerReport]:
@@ -117,35 +168,52 @@ def _collect_stats(adapter, block, layers: dict, inputs, call: BlockCall, needs,
 
 
 def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibration: torch.Tensor | None = None,
-                device: str | torch.device = "cpu", progress: bool = True) -> list[LayerReport]:
+                device: str | torch.device = "cpu", progress: bool = True,
+                post: PostSteps | None = None) -> list[LayerReport]:
     """Prune every prunable layer of ``model`` in place; returns one report per layer in model order.
 
-    ``calibration`` is a LongTensor (n, seqlen) of token ids, required when ``algorithm.needs`` is not empty.
+    ``calibration`` is a LongTensor (n, seqlen) of token ids, required when the algorithm or ``post`` needs
+    input statistics.
     """
+    post = post or PostSteps()
     adapter = ModelAdapter(model)
     device = torch.device(device)
     if pattern.is_noop:
         return [LayerReport(n, tuple(adapter.get_weight(l).shape), float((adapter.get_weight(l) == 0).float().mean()), 0.0)
                 for n, l in adapter.named_prunable_layers()]
+    needs = post.needs(algorithm)
     if pattern.scope == "global":
-        if algorithm.needs or "global" not in algorithm.scopes:
-            raise ValueError(f"global scope needs data-free scores; {algorithm.name} does not support it")
+        if needs or "global" not in algorithm.scopes:
+            raise ValueError(f"global scope needs data-free scores and no calibrated post-steps; "
+                             f"{algorithm.name} with these options does not support it")
         return _prune_global(adapter, algorithm, pattern)
 
-    needs = frozenset(algorithm.needs)
     reports: list[LayerReport] = []
     bar = tqdm(total=len(adapter.blocks), desc=f"{algorithm.name} {pattern.describe()}", unit="block",
                disable=not progress)
     if not needs:
         for i, block in enumerate(adapter.blocks):
             for name, layer in adapter.prunable_layers(block).items():
-                reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm, None, pattern))
+                reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm, None,
+                                            pattern, post))
             bar.update()
         bar.close()
         return reports
 
     if calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1:
         raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
+    for i, block, layers, stats in _calibrated_blocks(adapter, calibration, needs, device):
+        for name, layer in layers.items():
+            reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm,
+                                        stats[name], pattern, post))
+        bar.update()
+    bar.close()
+    return reports
+
+
+def _calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor, needs, device):
+    """Yield (index, block, layers, stats) for each block, with the block on ``device``; after the caller has
+    modified the block, run it to produce the next block's inputs (so pruning propagates)."""
     calls = adapter.record_block_calls(calibration)
     inputs = adapter.block_inputs(calibration)
     outputs = torch.empty_like(inputs)
@@ -155,15 +223,10 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
         call = calls[i].to(device)
         layers = adapter.prunable_layers(block)
         stats = _collect_stats(adapter, block, layers, inputs, call, needs, device)
-        for name, layer in layers.items():
-            reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm,
-                                        stats[name], pattern))
+        yield i, block, layers, stats
         del stats
         with torch.no_grad():
             for s in range(inputs.shape[0]):
                 outputs[s:s + 1] = adapter.run_block(block, inputs[s:s + 1].to(device), call).to(outputs.device)
         block.to(home)
         inputs, outputs = outputs, inputs
-        bar.update()
-    bar.close()
-    return reports
