@@ -105,3 +105,24 @@ def test_missing_model_and_corpus_say_what_to_do(tmp_path, capsys, monkeypatch):
     assert main(["eval", str(src), "--data", "wikitext2", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "not found at" in err and "PRUNELAB_DATA" in err
+
+
+def test_compare_layers_reports_each_method_and_its_optimum(tmp_path, corpus_file):
+    src = save_tiny_folder("llama", tmp_path / "src")
+    methods = "magnitude,wanda,sparsegpt,alps,magnitude+refit,wanda+dsnot,mama"
+    assert main(["compare-layers", "--model", str(src), "--methods", methods, "--sparsity", "0.7",
+                 "--calib", str(corpus_file), "--calib-samples", "4", "--calib-seqlen", "32",
+                 "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "cmp" / "layers.json").read_text())["rows"]
+    assert len(rows) == 2 * 7 * 7  # blocks x layers x methods
+    for r in rows:
+        assert r["optimum_error"] <= r["error"] * (1 + 1e-6) + 1e-9, r
+    by = {(r["block"], r["layer"], r["method"]): r for r in rows}
+    for r in rows:
+        if r["method"] == "magnitude+refit":
+            assert r["error"] == pytest.approx(r["optimum_error"], rel=1e-3, abs=1e-6)
+            assert r["optimum_error"] == pytest.approx(by[(r["block"], r["layer"], "magnitude")]["optimum_error"],
+                                                       rel=1e-6, abs=1e-9)
+        if r["method"] == "alps":
+            assert r["error"] <= r["optimum_error"] * 1.01 + 1e-6
+    assert "| alps |" in (tmp_path / "cmp" / "layers.md").read_text()

@@ -148,3 +148,39 @@ def evaluate(model, *, tokenizer=None, data: str = "wikitext2", split: str = "te
             result["recorded_sparsity"] = prior.get("summary", {}).get("sparsity")
         result["measured_sparsity"] = sparsity_summary(model)["sparsity"]
     return result
+
+
+def parse_method_spec(spec: str):
+    """'wanda', 'wanda+dsnot', 'magnitude+refit', 'wanda+dsnot+refit' -> (algorithm name, PostSteps)."""
+    from .engine import PostSteps
+
+    name, *steps = spec.split("+")
+    unknown = set(steps) - {"dsnot", "refit"}
+    if unknown:
+        raise ValueError(f"unknown step(s) {sorted(unknown)} in {spec!r}; steps are +dsnot and +refit")
+    return name, PostSteps(refine="dsnot" if "dsnot" in steps else None, refit="refit" in steps)
+
+
+def compare_layers(methods: list[str], *, model: str | None = None, sparsity: float | None = None,
+                   pattern: str = "unstructured", calibration: CalibrationConfig | None = None,
+                   device: str = "cpu", max_blocks: int | None = None, progress: bool = True) -> dict:
+    """Reconstruction error of several methods per layer on the same dense activations, plus the optimum for
+    each method's own support (see eval/reconstruction.py)."""
+    from .eval.reconstruction import compare_layers as run_comparison
+
+    entries, configs = [], []
+    for spec in methods:
+        name, post = parse_method_spec(spec)
+        config = PruneConfig(method=name, model=model or PruneConfig.__dataclass_fields__["model"].default,
+                             sparsity=sparsity, pattern=pattern, calibration=calibration, device=device,
+                             refine=post.refine, refit=post.refit)
+        configs.append(config)
+        entries.append((spec, config.algorithm(), config.pattern_obj(), post))
+    loaded, tokenizer, source = load_model(configs[0].model)
+    segments, calib_info = calibration_data(tokenizer, configs[0].calibration)
+    start = time.perf_counter()
+    rows = run_comparison(loaded, entries, segments, device=device, max_blocks=max_blocks, progress=progress)
+    return {"rows": rows, "methods": methods, "pattern": configs[0].pattern_obj().to_dict(),
+            "model_source": {"kind": source.kind, **source.identity}, "calibration": calib_info,
+            "seconds": time.perf_counter() - start, "versions": package_versions(), "host": host_description(),
+            "created": timestamp()}

@@ -57,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
+    c = sub.add_parser("compare-layers", help="reconstruction error of several methods per layer, same activations")
+    c.add_argument("--model", default=DEFAULT_MODEL)
+    c.add_argument("--methods", required=True,
+                   help="comma list; a method may carry steps: wanda+dsnot, magnitude+refit (e.g. magnitude,wanda,sparsegpt,alps)")
+    c.add_argument("--sparsity", type=float)
+    c.add_argument("--pattern", default="unstructured")
+    c.add_argument("--calib", default="c4")
+    c.add_argument("--calib-split", default=None)
+    c.add_argument("--calib-samples", type=int)
+    c.add_argument("--calib-seqlen", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--max-blocks", type=int, help="only the first K blocks (quick look)")
+    c.add_argument("--out", required=True, help="folder for layers.json and layers.md")
+    c.add_argument("--quiet", action="store_true")
+
     e = sub.add_parser("eval", help="perplexity of a model with the standard protocol")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     e.add_argument("--data", default="wikitext2")
@@ -71,14 +87,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _calibration(args):
+    from .config import EMBEDDED_CALIBRATION, PAPER_CALIBRATION, CalibrationConfig
+
+    n_default, len_default = EMBEDDED_CALIBRATION if args.model == DEFAULT_MODEL else PAPER_CALIBRATION
+    split = args.calib_split or ("train" if args.calib == "c4" else "validation")
+    return CalibrationConfig(args.calib, split, args.calib_samples or n_default, args.calib_seqlen or len_default,
+                             args.seed)
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from .api import compare_layers
+    from .eval.reconstruction import summarize
+    from .export import write_json
+
+    result = compare_layers(args.methods.split(","), model=args.model, sparsity=args.sparsity, pattern=args.pattern,
+                            calibration=_calibration(args), device=args.device, max_blocks=args.max_blocks,
+                            progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "layers.json", result)
+    pattern = result["pattern"]
+    header = (f"# Layer reconstruction error: {args.model}, "
+              f"{'%d:%d' % (pattern['n'], pattern['m']) if pattern['m'] else 'unstructured %g' % pattern['sparsity']}\n\n"
+              f"Relative error ‖XŴ − XW‖_F / ‖XŴ‖_F on the dense model's calibration activations "
+              f"({result['calibration']['samples']} x {result['calibration']['seqlen']} tokens of "
+              f"{result['calibration']['corpus']}); in brackets the optimum for the same support.\n\n")
+    table = summarize(result["rows"])
+    (out / "layers.md").write_text(header + table)
+    print(header + table.split("\n\n")[0])
+    return 0
+
+
 def _prune(args) -> int:
     from .api import prune
-    from .config import DEFAULT_MODEL as _DEFAULT, EMBEDDED_CALIBRATION, PAPER_CALIBRATION, CalibrationConfig, PruneConfig
+    from .config import PruneConfig
 
-    n_default, len_default = EMBEDDED_CALIBRATION if args.model == _DEFAULT else PAPER_CALIBRATION
-    split = args.calib_split or ("train" if args.calib == "c4" else "validation")
-    calibration = CalibrationConfig(args.calib, split, args.calib_samples or n_default, args.calib_seqlen or len_default,
-                                    args.seed)
+    calibration = _calibration(args)
     sparsity = args.sparsity
     if sparsity is None and args.pattern == "unstructured":
         raise ValueError("--sparsity is required for unstructured pruning (or give --pattern N:M)")
@@ -114,7 +161,7 @@ def _eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"prune": _prune, "eval": _eval}[args.command](args)
+        return {"prune": _prune, "eval": _eval, "compare-layers": _compare}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"prunelab: error: {exc}", file=sys.stderr)
         return 2

@@ -79,14 +79,16 @@ class LayerReport:
 
 def relative_reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> float:
     """‖XŴ − XW‖_F / ‖XŴ‖_F computed from H = XᵀX without another forward pass (products in fp32, sums in fp64)."""
-    diff = dense.float() - pruned.float()
-    num = ((diff @ hessian) * diff).sum(dtype=torch.float64).clamp_min(0)
-    den = ((dense.float() @ hessian) * dense.float()).sum(dtype=torch.float64)
+    dtype = torch.promote_types(torch.float32, hessian.dtype)  # fp32, or fp64 when given an fp64 Hessian
+    h, dense = hessian.to(dtype), dense.to(dtype)
+    diff = dense - pruned.to(dtype)
+    num = ((diff @ h) * diff).sum(dtype=torch.float64).clamp_min(0)
+    den = ((dense @ h) * dense).sum(dtype=torch.float64)
     return float((num / den).sqrt()) if den > 0 else float("nan")
 
 
-def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps) -> LayerReport:
-    dense = adapter.get_weight(layer).float()
+def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, pattern, post: PostSteps, name: str = "?"):
+    """The algorithm plus post-steps on one dense weight: (pruned weight, error before refit or None, seconds)."""
     start = time.perf_counter()
     pruned = algorithm.prune(dense, stats, pattern)
     if post.refine == "dsnot":
@@ -99,6 +101,12 @@ def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, patt
     if pruned.shape != dense.shape or not torch.isfinite(pruned).all():
         raise RuntimeError(f"{algorithm.name} returned a bad weight for {name} (shape {tuple(pruned.shape)}, "
                            f"finite={bool(torch.isfinite(pruned).all())})")
+    return pruned, before_refit, seconds
+
+
+def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps) -> LayerReport:
+    dense = adapter.get_weight(layer).float()
+    pruned, before_refit, seconds = solve_weight(dense, algorithm, stats, pattern, post, name)
     error = None
     if stats is not None and stats.hessian is not None:
         error = relative_reconstruction_error(dense, pruned, stats.hessian)
@@ -202,7 +210,7 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
 
     if calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1:
         raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
-    for i, block, layers, stats in _calibrated_blocks(adapter, calibration, needs, device):
+    for i, block, layers, stats in calibrated_blocks(adapter, calibration, needs, device):
         for name, layer in layers.items():
             reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm,
                                         stats[name], pattern, post))
@@ -211,7 +219,7 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
     return reports
 
 
-def _calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor, needs, device):
+def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor, needs, device):
     """Yield (index, block, layers, stats) for each block, with the block on ``device``; after the caller has
     modified the block, run it to produce the next block's inputs (so pruning propagates)."""
     calls = adapter.record_block_calls(calibration)

@@ -1,0 +1,65 @@
+"""Layer-by-layer comparison of methods on the same calibration activations (the shape of ALPS's Table 1).
+
+The model is not modified: every method prunes a copy of each dense weight from the statistics of the *dense*
+model's activations, so all methods face exactly the same least-squares problem per layer. For each method's
+support the optimum (the best weights on that support) is also computed, by fp64 PCG run to a tight tolerance,
+so one can tell a poor support from poor values on a good support.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..algorithms.refit import refit_on_support
+from ..engine.sequential import PostSteps, calibrated_blocks, relative_reconstruction_error, solve_weight
+from ..models import ModelAdapter
+
+
+def compare_layers(model, entries: list[tuple[str, object, object, PostSteps]], calibration: torch.Tensor,
+                   device="cpu", max_blocks: int | None = None, optimum_iters: int = 300,
+                   progress: bool = True) -> list[dict]:
+    """``entries``: (label, algorithm, pattern, post-steps). Returns one row per (layer, label)."""
+    adapter = ModelAdapter(model)
+    needs = frozenset({"hessian"}).union(*(post.needs(alg) for _, alg, _, post in entries))
+    blocks = len(adapter.blocks) if max_blocks is None else min(max_blocks, len(adapter.blocks))
+    rows = []
+    bar = tqdm(total=blocks, desc="compare layers", unit="block", disable=not progress)
+    for i, _block, layers, stats in calibrated_blocks(adapter, calibration, needs, torch.device(device)):
+        for name, layer in layers.items():
+            dense = adapter.get_weight(layer).float()
+            h = stats[name].hessian
+            for label, algorithm, pattern, post in entries:
+                pruned, _, seconds = solve_weight(dense, algorithm, stats[name], pattern, post, name)
+                best = refit_on_support(dense.double(), h.double(), pruned != 0, iters=optimum_iters, tol=1e-10,
+                                        w0=pruned.double(), dampening=0.0)
+                rows.append({"block": i, "layer": name, "method": label, "seconds": seconds,
+                             "sparsity": float((pruned == 0).float().mean()),
+                             "error": relative_reconstruction_error(dense, pruned, h),
+                             "optimum_error": relative_reconstruction_error(dense.double(), best, h.double())})
+        bar.update()
+        if i + 1 >= blocks:
+            break
+    bar.close()
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown: per method the mean error, mean optimum on its own support, gap, and win rates."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["block"], r["layer"], r["method"]): r for r in rows}
+    layers = list(dict.fromkeys((r["block"], r["layer"]) for r in rows))
+    lines = ["| method | mean error | mean optimum on its support | mean gap to optimum | max gap | "
+             "layers best of all | seconds |", "|---|---|---|---|---|---|---|"]
+    for m in methods:
+        own = [by[(b, l, m)] for b, l in layers]
+        gaps = [(r["error"] - r["optimum_error"]) / r["optimum_error"] if r["optimum_error"] > 0 else 0.0 for r in own]
+        best = sum(1 for b, l in layers if min(methods, key=lambda x: by[(b, l, x)]["error"]) == m)
+        lines.append(f"| {m} | {sum(r['error'] for r in own) / len(own):.4f} | "
+                     f"{sum(r['optimum_error'] for r in own) / len(own):.4f} | {100 * sum(gaps) / len(gaps):.2f}% | "
+                     f"{100 * max(gaps):.2f}% | {best}/{len(layers)} | {sum(r['seconds'] for r in own):.1f} |")
+    lines += ["", "| block | layer | " + " | ".join(f"{m} (opt)" for m in methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+    for b, l in layers:
+        cells = [f"{by[(b, l, m)]['error']:.4f} ({by[(b, l, m)]['optimum_error']:.4f})" for m in methods]
+        lines.append(f"| {b} | {l} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
