@@ -40,8 +40,8 @@ class ALPS(PruningAlgorithm):
     rho0: float = 0.1
     max_iters: int = 300
     rho_every: int = 3
-    patience: int = 10
-    pcg_iters: int = 100
+    patience: int = 3
+    pcg_iters: int = 50
     pcg_tol: float = 1e-6
     last_trace: list = field(default_factory=list, init=False, repr=False, compare=False)
 
@@ -52,30 +52,41 @@ class ALPS(PruningAlgorithm):
     def options(self) -> dict:
         opts = super().options()
         opts.pop("last_trace", None)
+        opts.pop("_eig_cache", None)
         return opts
 
-    def prune(self, weight: torch.Tensor, stats, pattern: Pattern) -> torch.Tensor:
-        h = stats.require_hessian().to(weight.device)
-        w_dense = weight.float()
+    def _preconditioned_eigh(self, h: torch.Tensor):
+        """Scale, H̃ and its eigendecomposition; memoised on the Hessian object, which layers fed the same
+        input (q/k/v, gate/up) share, so each distinct input costs one eigh."""
+        cached = getattr(self, "_eig_cache", None)
+        if cached is not None and cached[0] is h:
+            return cached[1]
         diag = torch.diagonal(h).double()
         scale = torch.where(diag > 0, diag.sqrt(), torch.ones_like(diag))  # dead inputs: left unscaled
         h_tilde = h.double() / scale[:, None] / scale[None, :]
         eigvals, q = torch.linalg.eigh(h_tilde)
-        eigvals, q, scale = eigvals.clamp_min(0).float(), q.float(), scale.float()
+        result = (scale.float(), h_tilde.float(), eigvals.clamp_min(0).float(), q.float())
+        self._eig_cache = (h, result)
+        return result
+
+    def prune(self, weight: torch.Tensor, stats, pattern: Pattern) -> torch.Tensor:
+        h = stats.require_hessian().to(weight.device)
+        w_dense = weight.float()
+        scale, h_tilde, eigvals, q = self._preconditioned_eigh(h)
         w_hat = w_dense * scale[None, :]
-        g = w_hat @ h_tilde.float()  # Ŵ̃H̃, fixed across iterations
+        g = w_hat @ h_tilde  # Ŵ̃H̃, fixed across iterations
 
         z, pruned = project(w_hat, pattern)
         v = torch.zeros_like(w_hat)
         rho = self.rho0
-        kept = max(int((~pruned).sum()), 1)
+        kept = max(int(torch.count_nonzero(~pruned)), 1)
         window, quiet = 0, 0
         self.last_trace = []
         for it in range(1, self.max_iters + 1):
             w = (((g - v + rho * z) @ q) / (eigvals + rho)[None, :]) @ q.T
             z, new_pruned = project(w + v / rho, pattern)
             v.add_(w - z, alpha=rho)
-            changes = int((new_pruned != pruned).sum())
+            changes = int(torch.count_nonzero(new_pruned != pruned))
             pruned = new_pruned
             self.last_trace.append(changes)
             window += changes

@@ -2,7 +2,7 @@
 
 The model is not modified: every method prunes a copy of each dense weight from the statistics of the *dense*
 model's activations, so all methods face exactly the same least-squares problem per layer. For each method's
-support the optimum (the best weights on that support) is also computed, by fp64 PCG run to a tight tolerance,
+support the optimum (the best weights on that support) is also computed, by PCG run to a tight tolerance,
 so one can tell a poor support from poor values on a good support.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..models import ModelAdapter
 
 
 def compare_layers(model, entries: list[tuple[str, object, object, PostSteps]], calibration: torch.Tensor,
-                   device="cpu", max_blocks: int | None = None, optimum_iters: int = 300,
+                   device="cpu", max_blocks: int | None = None, optimum_iters: int = 200,
                    progress: bool = True) -> list[dict]:
     """``entries``: (label, algorithm, pattern, post-steps). Returns one row per (layer, label)."""
     adapter = ModelAdapter(model)
@@ -30,12 +30,12 @@ def compare_layers(model, entries: list[tuple[str, object, object, PostSteps]], 
             h = stats[name].hessian
             for label, algorithm, pattern, post in entries:
                 pruned, _, seconds = solve_weight(dense, algorithm, stats[name], pattern, post, name)
-                best = refit_on_support(dense.double(), h.double(), pruned != 0, iters=optimum_iters, tol=1e-10,
-                                        w0=pruned.double(), dampening=0.0)
+                best = refit_on_support(dense, h, pruned != 0, iters=optimum_iters, tol=1e-7, w0=pruned,
+                                        dampening=0.0)
                 rows.append({"block": i, "layer": name, "method": label, "seconds": seconds,
                              "sparsity": float((pruned == 0).float().mean()),
                              "error": relative_reconstruction_error(dense, pruned, h),
-                             "optimum_error": relative_reconstruction_error(dense.double(), best, h.double())})
+                             "optimum_error": relative_reconstruction_error(dense, best, h)})
         bar.update()
         if i + 1 >= blocks:
             break
