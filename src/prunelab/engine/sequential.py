@@ -104,6 +104,12 @@ def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, patte
     return pruned, before_refit, seconds
 
 
+def _as_is(adapter: ModelAdapter, name: str, layer, seconds: float = 0.0) -> LayerReport:
+    """Report a layer's current state (used where no solve ran)."""
+    weight = adapter.get_weight(layer)
+    return LayerReport(name, tuple(weight.shape), float((weight == 0).float().mean()), seconds)
+
+
 def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps) -> LayerReport:
     dense = adapter.get_weight(layer).float()
     pruned, before_refit, seconds = solve_weight(dense, algorithm, stats, pattern, post, name)
@@ -127,8 +133,7 @@ def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: P
     k = int(flat.numel() * pattern.sparsity)
     reports = []
     if k == 0:
-        return [LayerReport(n, tuple(adapter.get_weight(l).shape), float((adapter.get_weight(l) == 0).float().mean()), 0.0)
-                for n, l in layers]
+        return [_as_is(adapter, n, l) for n, l in layers]
     threshold = flat.kthvalue(k).values
     tie_budget = k - int((flat < threshold).sum())
     del flat
@@ -140,8 +145,7 @@ def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: P
         tie_budget -= ties.numel()
         weight = adapter.get_weight(layer)
         adapter.set_weight(layer, weight.float().masked_fill(pruned_mask.view_as(weight), 0.0))
-        reports.append(LayerReport(name, tuple(weight.shape), float((adapter.get_weight(layer) == 0).float().mean()),
-                                   time.perf_counter() - start))
+        reports.append(_as_is(adapter, name, layer, time.perf_counter() - start))
     return reports
 
 
@@ -187,8 +191,7 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
     adapter = ModelAdapter(model)
     device = torch.device(device)
     if pattern.is_noop:
-        return [LayerReport(n, tuple(adapter.get_weight(l).shape), float((adapter.get_weight(l) == 0).float().mean()), 0.0)
-                for n, l in adapter.named_prunable_layers()]
+        return [_as_is(adapter, n, l) for n, l in adapter.named_prunable_layers()]
     needs = post.needs(algorithm)
     if pattern.scope == "global":
         if needs or "global" not in algorithm.scopes:
