@@ -12,7 +12,7 @@ from .data import calibration_segments, evaluation_windows, load_corpus, tensor_
 from .engine import prune_model
 from .eval import perplexity
 from .export import check_output_dir, read_record, save_pruned
-from .models import ModelAdapter, load_model
+from .models import DEFAULT_MODEL, ModelAdapter, load_model
 from .record import host_description, package_versions, peak_rss_bytes, timestamp
 
 
@@ -171,7 +171,7 @@ def compare_layers(methods: list[str], *, model: str | None = None, sparsity: fl
     entries, configs = [], []
     for spec in methods:
         name, post = parse_method_spec(spec)
-        config = PruneConfig(method=name, model=model or PruneConfig.__dataclass_fields__["model"].default,
+        config = PruneConfig(method=name, model=model or DEFAULT_MODEL,
                              sparsity=sparsity, pattern=pattern, calibration=calibration, device=device,
                              refine=post.refine, refit=post.refit)
         configs.append(config)
