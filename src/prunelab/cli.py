@@ -73,6 +73,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder for layers.json and layers.md")
     c.add_argument("--quiet", action="store_true")
 
+    w = sub.add_parser("sweep", help="run methods x levels x patterns into a results store (resumable)")
+    w.add_argument("--config", help="sweep file (.yaml/.toml) with the same settings; flags given override it")
+    w.add_argument("--store", help="SQLite results store (created if missing); rerunning continues it")
+    w.add_argument("--models", help=f"comma list (default {DEFAULT_MODEL})")
+    w.add_argument("--methods", help="comma list; a method may carry steps: wanda+dsnot, magnitude+refit")
+    w.add_argument("--levels", help="comma list of unstructured sparsities (default 0.01,0.05,0.1,0.2,...,0.9,0.95,0.99)")
+    w.add_argument("--patterns", help="comma list of 'unstructured' and N:M (default unstructured)")
+    w.add_argument("--opt", action="append", metavar="METHOD.KEY=VALUE", help="method option, e.g. sparsegpt.blocksize=64")
+    w.add_argument("--calib", help="calibration corpus (default c4)")
+    w.add_argument("--calib-samples", type=int)
+    w.add_argument("--calib-seqlen", type=int)
+    w.add_argument("--seeds", help="comma list of calibration seeds (default 0)")
+    w.add_argument("--eval", dest="eval_data", help="comma list of perplexity corpora (default wikitext2; 'none' for none)")
+    w.add_argument("--eval-seqlen", type=int)
+    w.add_argument("--eval-windows", type=int, help="only the first K windows")
+    w.add_argument("--tasks", help="zero-shot tasks, comma list or 'all'")
+    w.add_argument("--limit", type=int, help="first N items of each task")
+    w.add_argument("--generate", action="store_true", default=None, help="record greedy samples of every model")
+    w.add_argument("--save-dir", help="also save every pruned model under this folder")
+    w.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
+    w.add_argument("--device")
+    w.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    w.add_argument("--quiet", action="store_true", help="no per-block progress bars (the per-run lines stay)")
+
+    r = sub.add_parser("report", help="render a results store as report.md and a self-contained report.html")
+    r.add_argument("--store", required=True)
+    r.add_argument("--out", required=True, help="folder for report.md, report.html and the plots")
+    r.add_argument("--methods", help="only these methods (comma list)")
+    r.add_argument("--models", help="only these models (comma list)")
+    r.add_argument("--title")
+
     e = sub.add_parser("eval", help="perplexity of a model with the standard protocol")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     e.add_argument("--data", default="wikitext2")
@@ -158,15 +189,91 @@ def _eval(args) -> int:
     return 0 if result["finite"] else 3
 
 
+def _sweep_settings(args) -> dict:
+    """The sweep file's settings with the flags given on top."""
+    from .bench.sweep import load_sweep_file
+
+    data = load_sweep_file(args.config) if args.config else {}
+    for flag, key in (("models", "models"), ("methods", "methods"), ("levels", "levels"), ("patterns", "patterns"),
+                      ("device", "device"), ("save_dir", "save_dir"), ("store", "store")):
+        if getattr(args, flag) is not None:
+            data[key] = getattr(args, flag)
+    calib = dict(data.get("calibration") or {})
+    for flag, key in (("calib", "corpus"), ("calib_samples", "samples"), ("calib_seqlen", "seqlen"), ("seeds", "seeds")):
+        if getattr(args, flag) is not None:
+            calib[key] = getattr(args, flag)
+    if calib:
+        data["calibration"] = calib
+    ev = dict(data.get("eval") or {})
+    if args.eval_data is not None:
+        ev["perplexity"] = [] if args.eval_data == "none" else args.eval_data
+    for flag, key in (("eval_seqlen", "seqlen"), ("eval_windows", "windows"), ("tasks", "tasks"), ("limit", "limit"),
+                      ("generate", "generate")):
+        if getattr(args, flag) is not None:
+            ev[key] = getattr(args, flag)
+    if ev:
+        data["eval"] = ev
+    for pair in args.opt or []:
+        key, sep, value = pair.partition("=")
+        method, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--opt takes METHOD.KEY=VALUE, got {pair!r}")
+        data.setdefault("options", {}).setdefault(method, {}).update(_method_options([f"{option}={value}"]))
+    return data
+
+
+def _sweep(args) -> int:
+    from .bench import ResultsStore, run_sweep
+    from .bench.sweep import sweep_config_from_dict
+
+    data = _sweep_settings(args)
+    store_path = data.pop("store", None)
+    if not store_path:
+        raise ValueError("give --store FILE.db (or 'store:' in the sweep file)")
+    if not data.get("methods"):
+        raise ValueError("give --methods (or 'methods:' in the sweep file)")
+    config = sweep_config_from_dict(data)
+    runs = config.runs()
+    store = ResultsStore(store_path)
+    try:
+        if args.dry_run:
+            states = {}
+            for row in store.rows():
+                states[(row["model"], row["method"], row["pattern"], row["level"])] = row["status"]
+            for spec in runs:
+                state = states.get((spec.config.model, spec.method, spec.pattern_label, spec.level), "to do")
+                print(f"{spec.config.model}  {spec.describe():<28} {state}")
+            print(f"{len(runs)} runs (+1 dense evaluation per model); nothing was run (--dry-run)")
+            return 0
+        print(f"[prunelab] sweep: {len(runs)} runs + dense, store {store_path}", flush=True)
+        counts = run_sweep(config, store, retry_failed=args.retry_failed, progress=not args.quiet)
+    finally:
+        store.close()
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+def _report(args) -> int:
+    from .bench.report import write_report
+
+    files = write_report(args.store, args.out, methods=args.methods.split(",") if args.methods else None,
+                         models=args.models.split(",") if args.models else None, title=args.title)
+    print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"prune": _prune, "eval": _eval, "compare-layers": _compare}[args.command](args)
+        return {"prune": _prune, "eval": _eval, "compare-layers": _compare, "sweep": _sweep,
+                "report": _report}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"prunelab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prunelab: interrupted; nothing was written to the output folder", file=sys.stderr)
+        print("prunelab: interrupted; " + ("finished runs are kept in the store: rerun the same command to continue"
+                                           if args.command == "sweep" else "nothing was written to the output folder"),
+              file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,425 @@
+"""Reports from a results store: Markdown plus one self-contained HTML page (plots as inline SVG).
+
+Tables follow the seeds: perplexity per level × method (seed 000, Tables I–III; NA where a run failed, the
+reason in a note), running time per algorithm (seed 002, Table 7), an end-to-end table (seed 002, Table 8),
+size per level, zero-shot accuracy and generated text per level (seed 000, Table V) when the sweep measured
+them. Every number is read from a stored run; nothing is recomputed here.
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .store import ResultsStore
+
+
+@dataclass
+class Cell:
+    text: str
+    note: str | None = None  # why it is NA
+    best: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+    caption: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _num(v):
+    if isinstance(v, str):  # stored non-finite floats
+        return float(v)
+    return v
+
+
+def _fmt(v, digits=3) -> str:
+    v = _num(v)
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return f"{v:,.{digits}f}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+
+
+def level_label(row: dict) -> str:
+    if row["method"] == "dense":
+        return "0.00 (dense)"
+    return f"{row['level']:.2f}" if row["pattern"] == "unstructured" else row["pattern"]
+
+
+def _level_order(label: str) -> tuple:
+    if label.startswith("0.00"):
+        return (0, 0.0)
+    if ":" in label:
+        n, m = label.split(":")
+        return (2, int(n) / int(m), int(m))
+    return (1, float(label))
+
+
+def _method_order(rows: list[dict]) -> list[str]:
+    seen = []
+    for r in sorted(rows, key=lambda r: r.get("started") or ""):
+        if r["method"] != "dense" and r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+class Report:
+    def __init__(self, rows: list[dict], title: str = "prunelab sweep report"):
+        self.title = title
+        self.rows = [r for r in rows if r["status"] in ("done", "failed")]
+        self.pending = [r for r in rows if r["status"] not in ("done", "failed")]
+        self.models = sorted({r["model"] for r in self.rows})
+        self.methods = _method_order(self.rows)
+        self.notes: list[str] = []
+
+    # ---- tables -------------------------------------------------------------------------------------------
+    def _note(self, reason: str) -> int:
+        if reason not in self.notes:
+            self.notes.append(reason)
+        return self.notes.index(reason) + 1
+
+    def _by(self, model):
+        cells = {}
+        for r in self.rows:
+            if r["model"] == model:
+                cells[(level_label(r), r["method"])] = r
+        return cells
+
+    def _corpora(self, model) -> list[str]:
+        names = []
+        for r in self.rows:
+            if r["model"] == model and r.get("metrics"):
+                for c in r["metrics"].get("perplexity", {}):
+                    if c not in names:
+                        names.append(c)
+        return names
+
+    def perplexity_tables(self) -> list[Table]:
+        tables = []
+        for model in self.models:
+            cells = self._by(model)
+            levels = sorted({lv for lv, _ in cells}, key=_level_order)
+            for corpus in self._corpora(model):
+                body = []
+                for lv in levels:
+                    line = [Cell(lv)]
+                    values = []
+                    for method in self.methods:
+                        r = cells.get((lv, method)) or (cells.get((lv, "dense")) if lv.startswith("0.00") else None)
+                        line.append(self._ppl_cell(r, corpus))
+                        values.append(self._ppl(r, corpus))
+                    finite = [v for v in values if v is not None and math.isfinite(v)]
+                    if len(finite) > 1:
+                        best = min(finite)
+                        for cell, v in zip(line[1:], values):
+                            cell.best = v == best
+                    body.append(line)
+                tables.append(Table(f"Perplexity on {corpus}: {model}", ["Pruned level", *self.methods], body,
+                                    caption=self._protocol(model, corpus)))
+        return tables
+
+    @staticmethod
+    def _ppl(r, corpus):
+        if r is None or r["status"] != "done":
+            return None
+        m = (r.get("metrics") or {}).get("perplexity", {}).get(corpus)
+        return None if m is None else _num(m["ppl"])
+
+    def _ppl_cell(self, r, corpus) -> Cell:
+        if r is None:
+            return Cell("")
+        if r["status"] != "done":
+            return Cell("NA", note=f"{r['method']} at {level_label(r)}: {r['reason']}")
+        return Cell(_fmt(self._ppl(r, corpus)))
+
+    def _protocol(self, model, corpus) -> str:
+        for r in self.rows:
+            if r["model"] == model and r["method"] == "dense":
+                ev = r["identity"]["eval"]
+                p = ev["protocol"]
+                windows = (r.get("metrics") or {}).get("perplexity", {}).get(corpus, {}).get("windows")
+                return (f"{corpus} {p['split']}, seqlen {ev['seqlen']}, {windows} windows"
+                        + (f" (first {p['windows']})" if p.get("windows") else "") + ".")
+        return ""
+
+    def runtime_table(self) -> Table:
+        body = []
+        for method in self.methods:
+            done = [r for r in self.rows if r["method"] == method and r["status"] == "done"]
+            if not done:
+                continue
+            prune = [r["record"]["prune_seconds"] for r in done]
+            evals = [r["record"]["eval_seconds"] for r in done]
+            rss = [r["record"]["peak_rss_bytes"] / 2**20 for r in done]
+            body.append([Cell(method), Cell(str(len(done))), Cell(f"{sum(prune) / len(prune):.1f}"),
+                         Cell(f"{min(prune):.1f}"), Cell(f"{max(prune):.1f}"), Cell(f"{sum(evals) / len(evals):.1f}"),
+                         Cell(f"{max(rss):.0f}")])
+        return Table("Running time per algorithm", ["method", "runs", "mean prune s", "min prune s", "max prune s",
+                                                   "mean eval s", "max peak RSS MiB"], body,
+                     caption="Wall-clock seconds inside one sweep process; peak RSS is each run's own high-water "
+                             "mark (model + snapshot + activations).")
+
+    def size_table(self) -> Table:
+        body = []
+        seen = set()
+        for r in sorted(self.rows, key=lambda r: _level_order(level_label(r))):
+            lv = level_label(r)
+            size = (r.get("metrics") or {}).get("size")
+            if lv in seen or not size:
+                continue
+            seen.add(lv)
+            body.append([Cell(lv), Cell(f"{size['sparsity']:.4f}"), Cell(f"{size['nonzero_params'] / 1e6:.2f}"),
+                         Cell(f"{size['dense_checkpoint_bytes'] / 2**20:.1f}"),
+                         Cell(f"{size['bitmask_checkpoint_bytes'] / 2**20:.1f}")])
+        return Table("Size per level", ["Pruned level", "sparsity of pruned layers", "non-zero params (M)",
+                                        "checkpoint MiB (dense, zeros stored)", "checkpoint MiB (bitmask + values)"],
+                     body, caption="From the first method's run at each level (all methods prune the same count). "
+                                   "Sizes are payload bytes computed from the tensors, not files on disk.")
+
+    def end_to_end_table(self) -> Table:
+        corpora = {c for m in self.models for c in self._corpora(m)}
+        corpus = "wikitext2" if "wikitext2" in corpora else (sorted(corpora)[0] if corpora else None)
+        tasks = self._task_names()
+        header = ["method", "level", f"{corpus} ppl" if corpus else "ppl", *(["mean zero-shot acc"] if tasks else []),
+                  "non-zero params (M)", "prune s", "eval s", "peak RSS MiB"]
+        body = []
+        for r in sorted(self.rows, key=lambda r: (r["model"], self.methods.index(r["method"])
+                                                  if r["method"] in self.methods else -1,
+                                                  _level_order(level_label(r)))):
+            if r["status"] != "done":
+                body.append([Cell(r["method"]), Cell(level_label(r)),
+                             Cell("NA", note=f"{r['method']} at {level_label(r)}: {r['reason']}"),
+                             *([Cell("")] * (len(header) - 3))])
+                continue
+            m, rec = r["metrics"], r["record"]
+            line = [Cell(r["method"]), Cell(level_label(r)), Cell(_fmt(self._ppl(r, corpus)) if corpus else "-")]
+            if tasks:
+                accs = [t["acc"] for t in (m.get("tasks") or {}).values() if "acc" in t]
+                line.append(Cell(f"{100 * sum(accs) / len(accs):.2f}" if accs else "-"))
+            line += [Cell(f"{m['size']['nonzero_params'] / 1e6:.2f}"), Cell(f"{rec.get('prune_seconds', 0):.1f}"),
+                     Cell(f"{rec.get('eval_seconds', 0):.1f}"), Cell(f"{rec['peak_rss_bytes'] / 2**20:.0f}")]
+            body.append(line)
+        return Table("End to end", header, body)
+
+    def _task_names(self) -> list[str]:
+        names = []
+        for r in self.rows:
+            for t in ((r.get("metrics") or {}).get("tasks") or {}):
+                if t not in names:
+                    names.append(t)
+        return names
+
+    def zeroshot_table(self) -> Table | None:
+        tasks = self._task_names()
+        if not tasks:
+            return None
+        body = []
+        for r in self.rows:
+            if r["status"] != "done" or not r["metrics"].get("tasks"):
+                continue
+            res = r["metrics"]["tasks"]
+            body.append([Cell(r["method"]), Cell(level_label(r)),
+                         *[Cell(f"{100 * res[t]['acc']:.2f}" if t in res else "-") for t in tasks]])
+        return Table("Zero-shot accuracy (%)", ["method", "level", *tasks], body)
+
+    def samples_tables(self) -> list[Table]:
+        tables = []
+        for method in ["dense", *self.methods]:
+            body = []
+            for r in sorted((r for r in self.rows if r["method"] == method and r["status"] == "done"
+                             and r["metrics"].get("samples")), key=lambda r: _level_order(level_label(r))):
+                first = r["metrics"]["samples"][0]
+                body.append([Cell(level_label(r)), Cell(first["prompt"]), Cell(first["continuation"])])
+            if body and method != "dense":
+                tables.append(Table(f"Generated text: {method}", ["Pruned level", "prompt", "greedy continuation"],
+                                    body))
+        return tables
+
+    def tables(self) -> list[Table]:
+        tables = [*self.perplexity_tables(), self.runtime_table(), self.end_to_end_table(), self.size_table()]
+        z = self.zeroshot_table()
+        return tables + ([z] if z else []) + self.samples_tables()
+
+    # ---- plots --------------------------------------------------------------------------------------------
+    def plots(self) -> dict[str, str]:
+        """name -> SVG text."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "prunelab", "figure.dpi": 100})
+        out = {}
+        for model in self.models:
+            for corpus in self._corpora(model):
+                fig, ax = plt.subplots(figsize=(7, 4.2))
+                for method in self.methods:
+                    pts = sorted((r["level"], self._ppl(r, corpus)) for r in self.rows
+                                 if r["model"] == model and r["method"] == method and r["pattern"] == "unstructured"
+                                 and self._ppl(r, corpus) is not None and math.isfinite(self._ppl(r, corpus)))
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+                dense = [self._ppl(r, corpus) for r in self.rows if r["model"] == model and r["method"] == "dense"]
+                if dense and dense[0] is not None:
+                    ax.axhline(dense[0], color="gray", linestyle="--", linewidth=1, label="dense")
+                ax.set_yscale("log")
+                ax.set_xlabel("pruned level (fraction of weights zeroed)")
+                ax.set_ylabel(f"{corpus} perplexity (log scale)")
+                ax.set_title(f"Perplexity vs pruning level: {model}")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend()
+                out[f"ppl_vs_level_{model}_{corpus}"] = _svg(fig)
+                plt.close(fig)
+
+                fig, ax = plt.subplots(figsize=(7, 4.2))
+                for method in self.methods:
+                    pts = sorted((r["metrics"]["size"]["bitmask_checkpoint_bytes"] / 2**20, self._ppl(r, corpus))
+                                 for r in self.rows if r["model"] == model and r["method"] == method
+                                 and self._ppl(r, corpus) is not None and math.isfinite(self._ppl(r, corpus)))
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="", label=method)
+                ax.set_yscale("log")
+                ax.set_xlabel("checkpoint MiB (bitmask + non-zero values)")
+                ax.set_ylabel(f"{corpus} perplexity (log scale)")
+                ax.set_title(f"Quality vs size: {model}")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend()
+                out[f"quality_vs_size_{model}_{corpus}"] = _svg(fig)
+                plt.close(fig)
+        runtime = self.runtime_table()
+        if runtime.rows:
+            fig, ax = plt.subplots(figsize=(7, 3.6))
+            names = [row[0].text for row in runtime.rows]
+            ax.bar(names, [float(row[2].text) for row in runtime.rows], color="#4c72b0")
+            ax.set_ylabel("mean prune seconds")
+            ax.set_title("Running time per algorithm")
+            out["runtime"] = _svg(fig)
+            plt.close(fig)
+        return out
+
+    # ---- rendering ----------------------------------------------------------------------------------------
+    def markdown(self, plot_files: dict[str, str]) -> str:
+        self.notes = []
+        lines = [f"# {self.title}", "", self._summary_line(), ""]
+        for table in self.tables():
+            lines += [f"## {table.title}", ""]
+            if table.caption:
+                lines += [table.caption, ""]
+            lines.append("| " + " | ".join(table.header) + " |")
+            lines.append("|" + "---|" * len(table.header))
+            for row in table.rows:
+                lines.append("| " + " | ".join(self._md_cell(c) for c in row) + " |")
+            lines.append("")
+        if self.notes:
+            lines += ["## Notes", ""] + [f"{i}. {html.escape(n)}" for i, n in enumerate(self.notes, 1)] + [""]
+        for name, file in plot_files.items():
+            lines += [f"![{name}]({file})", ""]
+        return "\n".join(lines)
+
+    def _md_cell(self, c: Cell) -> str:
+        text = c.text.replace("|", "\\|").replace("\n", " ")
+        if c.note:
+            text += f" [{self._note(c.note)}]"
+        return f"**{text}**" if c.best else text
+
+    def html(self, plots: dict[str, str]) -> str:
+        self.notes = []
+        parts = [f"<h1>{html.escape(self.title)}</h1>", f"<p>{html.escape(self._summary_line())}</p>"]
+        for table in self.tables():
+            parts.append(f"<h2>{html.escape(table.title)}</h2>")
+            if table.caption:
+                parts.append(f"<p class='caption'>{html.escape(table.caption)}</p>")
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+            body = "".join("<tr>" + "".join(self._html_cell(c) for c in row) + "</tr>" for row in table.rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        if self.notes:
+            parts.append("<h2>Notes</h2><ol class='notes'>" + "".join(
+                f"<li id='note{i}'>{html.escape(n)}</li>" for i, n in enumerate(self.notes, 1)) + "</ol>")
+        if plots:
+            parts.append("<h2>Plots</h2>")
+            parts += [f"<figure id='{html.escape(name)}'>{svg}</figure>" for name, svg in plots.items()]
+        return _PAGE.format(title=html.escape(self.title), body="\n".join(parts))
+
+    def _html_cell(self, c: Cell) -> str:
+        text = html.escape(c.text)
+        if c.note:
+            i = self._note(c.note)
+            return f"<td class='na' title='{html.escape(c.note, quote=True)}'>{text}<sup><a href='#note{i}'>{i}</a></sup></td>"
+        return f"<td class='best'>{text}</td>" if c.best else f"<td>{text}</td>"
+
+    def _summary_line(self) -> str:
+        done = sum(r["status"] == "done" for r in self.rows)
+        failed = len(self.rows) - done
+        line = f"Models: {', '.join(self.models)}. Runs: {done} done, {failed} failed"
+        if self.pending:
+            line += f", {len(self.pending)} not finished (running or interrupted; not shown)"
+        versions = next((r["record"].get("versions") for r in self.rows if r.get("record")), None) or {}
+        host = next((r["record"].get("host") for r in self.rows if r.get("record")), None) or {}
+        line += (f". prunelab {versions.get('prunelab')}, torch {versions.get('torch')}, transformers "
+                 f"{versions.get('transformers')}; {host.get('cpu_count')} CPUs, CUDA {host.get('cuda')}."
+                 " Bold: lowest perplexity of the row.")
+        return line
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe stem for plot files (model and corpus names can be paths)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[-80:] or "plot"
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype so it can sit inline in HTML
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f0f0f0; }}
+td:first-child {{ text-align: left; }}
+td.best {{ font-weight: bold; }}
+td.na {{ color: #a00; }}
+p.caption {{ color: #555; font-size: 0.9em; }}
+figure svg {{ max-width: 100%; height: auto; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def write_report(store_path: str | Path, out: str | Path, *, methods: list[str] | None = None,
+                 models: list[str] | None = None, title: str | None = None) -> dict[str, Path]:
+    store = ResultsStore(store_path)
+    try:
+        rows = store.rows()
+    finally:
+        store.close()
+    if models:
+        rows = [r for r in rows if r["model"] in models]
+    if methods:
+        rows = [r for r in rows if r["method"] in methods or r["method"] == "dense"]
+    if not rows:
+        raise ValueError(f"{store_path} holds no runs" + (" matching the filter" if methods or models else ""))
+    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = report.plots()
+    files = {}
+    for name, svg in plots.items():
+        files[name] = f"{_slug(name)}.svg"
+        (out / files[name]).write_text(svg)
+    (out / "report.md").write_text(report.markdown(files))
+    (out / "report.html").write_text(report.html(plots))
+    return {"markdown": out / "report.md", "html": out / "report.html"}

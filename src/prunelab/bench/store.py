@@ -1,0 +1,165 @@
+"""The results store: one SQLite row per run, keyed by a hash of everything that determines its result.
+
+A row moves ``running`` → ``done`` | ``failed`` | ``interrupted``; each move is one committed transaction, so
+a process killed at any moment (even ``kill -9``) leaves either the old row or the new one, never half of
+each. A later sweep redoes every row that is not ``done`` (``failed`` ones only when asked), and a row
+``running`` under a process that is still alive on this host is left to that process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key       TEXT PRIMARY KEY,
+    model     TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    pattern   TEXT NOT NULL,
+    level     REAL,
+    identity  TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    reason    TEXT,
+    metrics   TEXT,
+    layers    TEXT,
+    record    TEXT,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    pid       INTEGER,
+    host      TEXT,
+    started   TEXT,
+    finished  TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _finite_json(obj):
+    """JSON has no NaN/inf: store them as strings ("nan", "inf") so the text stays standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def dumps(obj) -> str:
+    return json.dumps(_finite_json(obj), sort_keys=True, separators=(",", ":"))
+
+
+def run_key(identity: dict) -> str:
+    """The hash of a run's identity (canonical JSON): equal identities, equal keys, whatever the dict order."""
+    return hashlib.sha256(dumps(identity).encode()).hexdigest()[:24]
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class ResultsStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode; every change below is one explicit BEGIN IMMEDIATE … COMMIT
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives a crash of the machine too
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row["value"]) != SCHEMA_VERSION:
+                raise ValueError(f"{self.path} has results-store schema {row['value']}, this prunelab reads "
+                                 f"{SCHEMA_VERSION}; use a new --store file")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, exc, tb):
+                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+        return _Tx()
+
+    def get(self, key: str) -> dict | None:
+        row = self._db.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
+        return _row_dict(row) if row else None
+
+    def claim(self, key: str, *, model: str, method: str, pattern: str, level: float | None, identity: dict,
+              retry_failed: bool = False) -> str | None:
+        """Mark ``key`` running under this process, unless it needs no work. Returns None when claimed, else
+        why it was skipped: ``"done"``, ``"failed"`` (kept unless retry_failed) or ``"busy"`` (another live
+        process on this host is running it)."""
+        me, host = os.getpid(), socket.gethostname()
+        with self._transaction():
+            row = self._db.execute("SELECT status, pid, host FROM runs WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                if row["status"] == "done":
+                    return "done"
+                if row["status"] == "failed" and not retry_failed:
+                    return "failed"
+                if (row["status"] == "running" and row["host"] == host and row["pid"] != me
+                        and _pid_alive(row["pid"])):
+                    return "busy"
+                self._db.execute("UPDATE runs SET status='running', reason=NULL, attempts=attempts+1, pid=?, "
+                                 "host=?, started=?, finished=NULL WHERE key=?", (me, host, _now(), key))
+            else:
+                self._db.execute("INSERT INTO runs (key, model, method, pattern, level, identity, status, "
+                                 "attempts, pid, host, started) VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)",
+                                 (key, model, method, pattern, level, dumps(identity), me, host, _now()))
+        return None
+
+    def finish(self, key: str, status: str, *, metrics: dict | None = None, layers: list | None = None,
+               record: dict | None = None, reason: str | None = None) -> None:
+        if status not in ("done", "failed", "interrupted"):
+            raise ValueError(f"unknown run status {status!r}")
+        with self._transaction():
+            self._db.execute("UPDATE runs SET status=?, reason=?, metrics=?, layers=?, record=?, finished=? "
+                             "WHERE key=?", (status, reason, None if metrics is None else dumps(metrics),
+                                             None if layers is None else dumps(layers),
+                                             None if record is None else dumps(record), _now(), key))
+
+    def rows(self, status: str | None = None) -> list[dict]:
+        query, args = "SELECT * FROM runs", ()
+        if status is not None:
+            query, args = query + " WHERE status=?", (status,)
+        return [_row_dict(r) for r in self._db.execute(query + " ORDER BY model, method, pattern, level", args)]
+
+
+def _row_dict(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    for column in ("identity", "metrics", "layers", "record"):
+        if d.get(column) is not None:
+            d[column] = json.loads(d[column])
+    return d

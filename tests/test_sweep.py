@@ -1,0 +1,198 @@
+"""Sweeps, the results store and reports, on a tiny model folder and a local corpus."""
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunelab
+from prunelab.algorithms.base import PruningAlgorithm, register
+from prunelab.bench import EvalProtocol, ResultsStore, SweepConfig, run_key, run_sweep
+from prunelab.bench.report import write_report
+from prunelab.cli import main
+from tiny_models import TEXT, save_tiny_folder
+
+LEVELS = (0.3, 0.6, 0.9)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    save_tiny_folder("llama", root / "model")
+    (root / "corpus.txt").write_text(TEXT)
+    return root
+
+
+def sweep_config(workdir, methods=("magnitude", "wanda", "sparsegpt"), levels=LEVELS, patterns=("unstructured", "2:4")):
+    return SweepConfig(methods=methods, levels=levels, patterns=patterns, models=(str(workdir / "model"),),
+                       calibrations=(prunelab.CalibrationConfig(str(workdir / "corpus.txt"), "train", 4, 32, 0),),
+                       evaluation=EvalProtocol(perplexity=(str(workdir / "corpus.txt"),), seqlen=32), device="cpu")
+
+
+def done_ppl(store_path) -> dict:
+    store = ResultsStore(store_path)
+    try:
+        return {(r["method"], r["pattern"], r["level"]): next(iter(r["metrics"]["perplexity"].values()))["ppl"]
+                for r in store.rows("done")}
+    finally:
+        store.close()
+
+
+def test_run_key_is_order_independent_and_sensitive():
+    assert run_key({"a": 1, "b": {"c": 2, "d": 3}}) == run_key({"b": {"d": 3, "c": 2}, "a": 1})
+    assert run_key({"a": 1}) != run_key({"a": 2})
+
+
+def test_store_claims_and_transitions(tmp_path):
+    store = ResultsStore(tmp_path / "s.db")
+    fields = dict(model="m", method="wanda", pattern="unstructured", level=0.5, identity={"x": 1})
+    assert store.claim("k", **fields) is None
+    assert store.get("k")["status"] == "running" and store.get("k")["attempts"] == 1
+    store.finish("k", "failed", reason="boom")
+    assert store.claim("k", **fields) == "failed"  # failed runs are kept unless asked
+    assert store.claim("k", **fields, retry_failed=True) is None
+    store.finish("k", "done", metrics={"ppl": float("nan")})
+    assert store.claim("k", **fields) == "done"
+    row = store.get("k")
+    assert row["attempts"] == 2 and row["metrics"] == {"ppl": "nan"} and row["reason"] is None
+    with pytest.raises(ValueError):
+        store.finish("k", "bogus")
+
+
+def test_running_row_of_a_live_process_is_left_alone_and_of_a_dead_one_redone(tmp_path):
+    db = tmp_path / "s.db"
+    fields = dict(model="m", method="wanda", pattern="unstructured", level=0.5, identity={})
+    code = ("import sys, time; from prunelab.bench import ResultsStore; s = ResultsStore(sys.argv[1]); "
+            "s.claim('k', model='m', method='wanda', pattern='unstructured', level=0.5, identity={}); "
+            "print('claimed', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        store = ResultsStore(db)
+        assert store.claim("k", **fields) == "busy"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert store.claim("k", **fields) is None  # its owner died: redo it
+    assert store.get("k")["attempts"] == 2
+
+
+def test_sweep_equals_independent_runs_and_resumes(workdir, tmp_path):
+    config = sweep_config(workdir, methods=("magnitude", "sparsegpt"), levels=(0.5,), patterns=("unstructured",))
+    store = ResultsStore(tmp_path / "s.db")
+    counts = run_sweep(config, store, log=lambda *_: None)
+    assert (counts["done"], counts["failed"]) == (3, 0)  # dense + 2 runs
+    for method in ("magnitude", "sparsegpt"):
+        result = prunelab.prune(model=str(workdir / "model"), method=method, sparsity=0.5, device="cpu",
+                                calibration=config.calibrations[0], progress=False)
+        ppl = prunelab.evaluate(result.model, tokenizer=result.tokenizer, data=str(workdir / "corpus.txt"),
+                                seqlen=32, progress=False)["ppl"]
+        row = next(r for r in store.rows("done") if r["method"] == method)
+        assert next(iter(row["metrics"]["perplexity"].values()))["ppl"] == ppl  # exactly, not approximately
+        assert row["metrics"]["size"]["sparsity"] == pytest.approx(0.5)
+        assert len(row["layers"]) == 14
+    dense = next(r for r in store.rows("done") if r["method"] == "dense")
+    reference = prunelab.evaluate(str(workdir / "model"), data=str(workdir / "corpus.txt"), seqlen=32, progress=False)
+    assert next(iter(dense["metrics"]["perplexity"].values()))["ppl"] == reference["ppl"]
+    # a second pass does nothing; a bigger sweep only runs what is new
+    again = run_sweep(config, store, log=lambda *_: None)
+    assert (again["done"], again["skipped"]) == (0, 3)
+    bigger = sweep_config(workdir, methods=("magnitude", "sparsegpt"), levels=(0.5, 0.7), patterns=("unstructured",))
+    more = run_sweep(bigger, store, log=lambda *_: None)
+    assert (more["done"], more["skipped"]) == (2, 3)
+
+
+@register
+@dataclass
+class _Exploding(PruningAlgorithm):
+    """Test-only: fails at high sparsity, and gives weights whose outputs overflow at 2:4."""
+    name = "test-exploding"
+    needs = frozenset()
+
+    def prune(self, weight, stats, pattern):
+        if pattern.is_nm:
+            return torch.full_like(weight, 3e38)  # finite, but the forward overflows to NaN
+        if pattern.sparsity > 0.8:
+            raise RuntimeError("too sparse for this test method")
+        return weight
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(workdir, tmp_path):
+    config = sweep_config(workdir, methods=("test-exploding", "magnitude"), levels=(0.5, 0.9))
+    store = ResultsStore(tmp_path / "s.db")
+    lines = []
+    counts = run_sweep(config, store, log=lines.append)
+    assert counts["done"] == 1 + 1 + 3 and counts["failed"] == 2
+    failed = {(r["method"], r["pattern"], r["level"]): r["reason"] for r in store.rows("failed")}
+    assert "too sparse for this test method" in failed[("test-exploding", "unstructured", 0.9)]
+    assert "not finite" in failed[("test-exploding", "2:4", 0.5)]
+    assert len(lines) == 7 and "ETA" in lines[-1]
+    write_report(tmp_path / "s.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| Pruned level | test-exploding | magnitude |" in md
+    assert "NA [1]" in md and "too sparse for this test method" in md
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<svg") == 3 and "title='test-exploding at 0.90: RuntimeError: too sparse" in page
+
+
+def _sweep_cmd(workdir, store):
+    return [sys.executable, "-m", "prunelab.cli", "sweep", "--models", str(workdir / "model"),
+            "--methods", "magnitude,wanda,sparsegpt", "--levels", ",".join(map(str, LEVELS)),
+            "--patterns", "unstructured,2:4", "--calib", str(workdir / "corpus.txt"), "--calib-samples", "4",
+            "--calib-seqlen", "32", "--eval", str(workdir / "corpus.txt"), "--eval-seqlen", "32",
+            "--device", "cpu", "--store", str(store), "--quiet"]
+
+
+def test_kill_9_twice_then_rerun_gives_the_uninterrupted_results(workdir, tmp_path):
+    reference = tmp_path / "reference.db"
+    subprocess.run(_sweep_cmd(workdir, reference), check=True, capture_output=True)
+    expected = done_ppl(reference)
+    assert len(expected) == 1 + 3 * (len(LEVELS) + 1)
+
+    store = tmp_path / "killed.db"
+    rng = random.Random(7)
+    for _ in range(2):
+        before = len(done_ppl(store)) if store.exists() else 0
+        child = subprocess.Popen(_sweep_cmd(workdir, store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and child.poll() is None:  # wait for progress, then kill at a random moment
+            if store.exists() and len(done_ppl(store)) > before:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert len(done_ppl(store)) < len(expected), "the sweep finished before it could be killed"
+    subprocess.run(_sweep_cmd(workdir, store), check=True, capture_output=True)
+    with sqlite3.connect(store) as db:
+        statuses = db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
+    assert statuses == [("done", len(expected))]
+    assert done_ppl(store) == expected
+
+
+def test_cli_dry_run_and_config_file(workdir, tmp_path, capsys):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        f"methods: [magnitude, wanda]\nlevels: [0.5]\npatterns: [unstructured, '4:8']\nmodels: ['{workdir / 'model'}']\n"
+        f"calibration: {{corpus: '{workdir / 'corpus.txt'}', samples: 4, seqlen: 32}}\n"
+        f"eval: {{perplexity: ['{workdir / 'corpus.txt'}'], seqlen: 32}}\nstore: '{tmp_path / 's.db'}'\n")
+    assert main(["sweep", "--config", str(sweep_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs" in out and out.count("to do") == 4
+    assert main(["sweep", "--config", str(sweep_file), "--methods", "magnitude", "--quiet", "--device", "cpu"]) == 0
+    assert main(["sweep", "--config", str(sweep_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done") >= 2 and out.count("to do") == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [magnitude]\nlevles: [0.5]\nstore: x.db\n")
+    assert main(["sweep", "--config", str(bad)]) == 2
+    assert "levles" in capsys.readouterr().err
+    assert main(["sweep", "--methods", "nosuch", "--store", str(tmp_path / "t.db")]) == 2
