@@ -117,7 +117,7 @@ class Report:
                         line.append(self._ppl_cell(r, corpus))
                         values.append(self._ppl(r, corpus))
                     finite = [v for v in values if v is not None and math.isfinite(v)]
-                    if len(finite) > 1:
+                    if len(finite) > 1 and not lv.startswith("0.00"):  # the dense row is not a comparison
                         best = min(finite)
                         for cell, v in zip(line[1:], values):
                             cell.best = v == best
