@@ -140,6 +140,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(workdir, tmp_path):
     assert "| Pruned level | test-exploding | magnitude |" in md
     assert "NA [1]" in md and "too sparse for this test method" in md
     page = (tmp_path / "report" / "report.html").read_text()
+    assert "Made by" not in md  # filled through the API, not the CLI
     assert page.count("<svg") == 3 and "title='test-exploding at 0.90: RuntimeError: too sparse" in page
 
 
@@ -191,6 +192,8 @@ def test_cli_dry_run_and_config_file(workdir, tmp_path, capsys):
     assert main(["sweep", "--config", str(sweep_file), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("done") >= 2 and out.count("to do") == 2
+    assert main(["report", "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "rep")]) == 0
+    assert f"prunelab sweep --config {sweep_file} --methods magnitude" in (tmp_path / "rep" / "report.md").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [magnitude]\nlevles: [0.5]\nstore: x.db\n")
     assert main(["sweep", "--config", str(bad)]) == 2

@@ -104,17 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--models", help="only these models (comma list)")
     r.add_argument("--title")
 
-    e = sub.add_parser("eval", help="perplexity of a model with the standard protocol")
+    e = sub.add_parser("eval", help="perplexity, zero-shot tasks (lm-evaluation-harness conventions) and samples")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL)
-    e.add_argument("--data", default="wikitext2")
+    e.add_argument("--data", help="perplexity corpus (default wikitext2, or none when --tasks/--generate are given)")
     e.add_argument("--split", default="test")
     e.add_argument("--seqlen", type=int, help="window length (default 2048; 512 for the embedded model)")
     e.add_argument("--max-windows", type=int)
-    e.add_argument("--batch-size", type=int, default=1)
+    e.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward pass")
+    e.add_argument("--tasks", help="comma list of zero-shot tasks, or 'all': lambada, piqa, arc_easy, arc_challenge, "
+                   "hellaswag, boolq, winogrande, openbookqa, siqa")
+    e.add_argument("--limit", type=int, help="score only the first N items of each task (file order, like the harness)")
+    e.add_argument("--task-batch-size", type=int, default=32, help="task sequences per forward pass (default 32)")
+    e.add_argument("--details", action="store_true", help="keep per-item log-likelihoods in the JSON")
+    e.add_argument("--generate", action="store_true", help="add greedy continuations of the fixed prompt set")
+    e.add_argument("--max-new-tokens", type=int, help="tokens per generated sample (default 48)")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device")
     e.add_argument("--json", help="write the result to this JSON file")
     e.add_argument("--quiet", action="store_true")
+
+    g = sub.add_parser("generate", help="greedy, deterministic continuations of a fixed prompt set")
+    g.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    g.add_argument("--prompt", action="append", help="a prompt (repeatable); default: the fixed prompt set")
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--dtype", default="float32")
+    g.add_argument("--device")
+    g.add_argument("--json", help="write the samples to this JSON file")
+    g.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -180,13 +196,39 @@ def _eval(args) -> int:
     from .api import evaluate
     from .export import write_json
 
-    result = evaluate(args.model, data=args.data, split=args.split, seqlen=args.seqlen, max_windows=args.max_windows,
-                      batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.quiet)
+    data = args.data
+    if data is None and not (args.tasks or args.generate):
+        data = "wikitext2"
+    if data is not None and data.lower() == "none":
+        data = None
+    result = evaluate(args.model, data=data, split=args.split, seqlen=args.seqlen, max_windows=args.max_windows,
+                      batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.quiet,
+                      tasks=args.tasks, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
+                      task_batch_size=args.task_batch_size, details=args.details)
     if args.json:
         from pathlib import Path
         write_json(Path(args.json), result)
-    print(json.dumps({k: result[k] for k in ("ppl", "seqlen", "windows", "tokens", "seconds") if k in result}, indent=2))
-    return 0 if result["finite"] else 3
+    summary = {k: result[k] for k in ("ppl", "seqlen", "windows", "tokens", "seconds") if k in result}
+    for name, task in (result.get("tasks") or {}).items():
+        summary[name] = {k: task[k] for k in ("acc", "acc_norm", "perplexity", "items", "seconds") if k in task}
+    for sample in result.get("samples") or []:
+        summary.setdefault("samples", []).append(sample["prompt"] + sample["continuation"])
+    print(json.dumps(summary, indent=2))
+    return 0 if result.get("finite", True) else 3
+
+
+def _generate(args) -> int:
+    from .api import evaluate
+    from .export import write_json
+
+    result = evaluate(args.model, data=None, generate=True, prompts=args.prompt, max_new_tokens=args.max_new_tokens,
+                      dtype=args.dtype, device=args.device, progress=not args.quiet)
+    if args.json:
+        from pathlib import Path
+        write_json(Path(args.json), result)
+    for sample in result["samples"]:
+        print(f"--- {sample['prompt']!r}\n{sample['prompt']}{sample['continuation']}")
+    return 0
 
 
 def _sweep_settings(args) -> dict:
@@ -245,6 +287,7 @@ def _sweep(args) -> int:
                 print(f"{spec.config.model}  {spec.describe():<28} {state}")
             print(f"{len(runs)} runs (+1 dense evaluation per model); nothing was run (--dry-run)")
             return 0
+        store.note_sweep(data, ["prunelab", *args.argv])
         print(f"[prunelab] sweep: {len(runs)} runs + dense, store {store_path}", flush=True)
         counts = run_sweep(config, store, retry_failed=args.retry_failed, progress=not args.quiet)
     finally:
@@ -263,10 +306,12 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)
     try:
         return {"prune": _prune, "eval": _eval, "compare-layers": _compare, "sweep": _sweep,
-                "report": _report}[args.command](args)
+                "report": _report, "generate": _generate}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"prunelab: error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import html
 import io
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def _method_order(rows: list[dict]) -> list[str]:
 
 
 class Report:
-    def __init__(self, rows: list[dict], title: str = "prunelab sweep report"):
+    def __init__(self, rows: list[dict], title: str = "prunelab sweep report", commands: list[str] = ()):
         self.title = title
+        self.commands = list(dict.fromkeys(commands))  # the sweep invocations that filled the store
         self.rows = [r for r in rows if r["status"] in ("done", "failed")]
         self.pending = [r for r in rows if r["status"] not in ("done", "failed")]
         self.models = sorted({r["model"] for r in self.rows})
@@ -308,6 +310,8 @@ class Report:
     def markdown(self, plot_files: dict[str, str]) -> str:
         self.notes = []
         lines = [f"# {self.title}", "", self._summary_line(), ""]
+        if self.commands:
+            lines += ["Made by:", "", *[f"    {c}" for c in self.commands], ""]
         for table in self.tables():
             lines += [f"## {table.title}", ""]
             if table.caption:
@@ -332,6 +336,8 @@ class Report:
     def html(self, plots: dict[str, str]) -> str:
         self.notes = []
         parts = [f"<h1>{html.escape(self.title)}</h1>", f"<p>{html.escape(self._summary_line())}</p>"]
+        if self.commands:
+            parts.append("<p>Made by:</p><pre>" + html.escape("\n".join(self.commands)) + "</pre>")
         for table in self.tables():
             parts.append(f"<h2>{html.escape(table.title)}</h2>")
             if table.caption:
@@ -404,6 +410,7 @@ def write_report(store_path: str | Path, out: str | Path, *, methods: list[str] 
     store = ResultsStore(store_path)
     try:
         rows = store.rows()
+        commands = [" ".join(shlex.quote(a) for a in s["argv"]) for s in store.sweeps() if s.get("argv")]
     finally:
         store.close()
     if models:
@@ -412,7 +419,7 @@ def write_report(store_path: str | Path, out: str | Path, *, methods: list[str] 
         rows = [r for r in rows if r["method"] in methods or r["method"] == "dense"]
     if not rows:
         raise ValueError(f"{store_path} holds no runs" + (" matching the filter" if methods or models else ""))
-    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})")
+    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})", commands)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = report.plots()

@@ -150,6 +150,16 @@ class ResultsStore:
                                              None if layers is None else dumps(layers),
                                              None if record is None else dumps(record), _now(), key))
 
+    def note_sweep(self, settings: dict, argv: list[str]) -> None:
+        """Remember how the store was filled (shown by reports), one entry per sweep invocation."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             (f"sweep {_now()} pid {os.getpid()}", dumps({"argv": argv, "settings": settings})))
+
+    def sweeps(self) -> list[dict]:
+        rows = self._db.execute("SELECT name, value FROM meta WHERE name LIKE 'sweep %' ORDER BY name").fetchall()
+        return [{"when": r["name"], **json.loads(r["value"])} for r in rows]
+
     def rows(self, status: str | None = None) -> list[dict]:
         query, args = "SELECT * FROM runs", ()
         if status is not None:
