@@ -121,12 +121,18 @@ class RunSpec:
 
 
 def _parameter_snapshot(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+    """A copy of what pruning can change: the parameters of the decoder blocks (weights, biases, norms).
+    Embeddings and the head are never pruned, so they are not copied (a smaller snapshot)."""
+    from ..models.adapters import ModelAdapter
+
+    return {name: p.detach().clone() for name, p in ModelAdapter(model).blocks.named_parameters()}
 
 
 def _restore(model, snapshot: dict[str, torch.Tensor]) -> None:
+    from ..models.adapters import ModelAdapter
+
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in ModelAdapter(model).blocks.named_parameters():
             p.copy_(snapshot[name])
 
 
