@@ -83,14 +83,14 @@ class SweepConfig:
     def runs(self) -> list["RunSpec"]:
         from ..api import parse_method_spec
 
+        # level-major order, so an interrupted sweep already holds whole rows of the level x method table
         specs = []
         for model in self.models:
             for calib in self.calibrations_for(model):
-                for method in self.methods:
-                    name, post = parse_method_spec(method)
-                    for pattern in self.patterns:
-                        levels = self.levels if pattern == "unstructured" else (None,)
-                        for level in levels:
+                for pattern in self.patterns:
+                    for level in (self.levels if pattern == "unstructured" else (None,)):
+                        for method in self.methods:
+                            name, post = parse_method_spec(method)
                             config = PruneConfig(method=name, model=model, sparsity=level, pattern=pattern,
                                                  method_options=self.method_options.get(name, {}),
                                                  calibration=calib, device=self.device, dtype=self.dtype,
