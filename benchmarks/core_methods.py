@@ -60,7 +60,8 @@ def main() -> int:
                          "peak_rss_mb": None, "sparsity": dense.get("measured_sparsity")})
         for spec, level in runs:
             method, *steps = spec.split("+")
-            step_flags = (["--refine", "dsnot"] if "dsnot" in steps else []) + (["--refit"] if "refit" in steps else [])
+            refine = next((s for s in steps if s.startswith("dsnot")), None)
+            step_flags = (["--refine", refine] if refine else []) + (["--refit"] if "refit" in steps else [])
             tag = f"{spec}-{level.replace(':', 'of')}"
             out = workdir / tag
             pattern = ["--pattern", level] if ":" in level else ["--sparsity", level]

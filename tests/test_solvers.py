@@ -241,3 +241,24 @@ def test_dsnot_algorithm_refines_wanda():
     assert not torch.equal(out, wanda)
     assert expected_error(w, out, stats).abs().sum() < expected_error(w, wanda, stats).abs().sum()
     assert get_algorithm("dsnot").needs == frozenset({"sq_norm", "mean"})
+
+
+@pytest.mark.parametrize("pattern", [Pattern(0.6, scope="row"), Pattern(n=2, m=4)])
+def test_dsnot_hessian_guard_never_raises_the_true_row_error(pattern):
+    x = offset_inputs()
+    stats = all_stats(x)
+    h = (x.T @ x).double()
+    w = torch.randn(16, 64)
+    start = get_algorithm("wanda").prune(w, stats, pattern)
+    plain = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=0.05)
+    guarded = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=0.05, hessian=h)
+
+    def row_errors(wp):
+        d = w.double() - wp.double()
+        return ((d @ h) * d).sum(1)
+
+    assert_pattern(guarded, pattern, w.shape)
+    assert torch.equal((guarded == 0).sum(1), (start == 0).sum(1))
+    assert (row_errors(guarded) <= row_errors(start) * (1 + 1e-9)).all()
+    assert (row_errors(guarded) < row_errors(start)).any()
+    assert not torch.equal(guarded, plain) or (row_errors(plain) <= row_errors(start)).all()

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=["layer", "row", "global"], help="where unstructured sparsity is counted "
                    "(default: the method's; wanda=row, others=layer; global = one threshold over all layers)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, e.g. --opt dampening=0.01")
-    p.add_argument("--refine", choices=["dsnot"], help="revise the method's mask with DSnoT (no weight updates)")
+    p.add_argument("--refine", choices=["dsnot", "dsnot-h"], help="revise the method's mask with DSnoT (no weight "
+                   "updates); dsnot-h keeps only moves that lower the true reconstruction error (XᵀX)")
     p.add_argument("--refit", action="store_true", help="least-squares weights on the final support (PCG)")
     p.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
                    help="record per-layer reconstruction error (default: whenever calibration runs anyway)")
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="score only the first N items of each task (file order, like the harness)")
     e.add_argument("--task-batch-size", type=int, default=32, help="task sequences per forward pass (default 32)")
     e.add_argument("--details", action="store_true", help="keep per-item log-likelihoods in the JSON")
+    e.add_argument("--no-context-sharing", action="store_true",
+                   help="score every choice as its own sequence (default: run a shared context once per item)")
     e.add_argument("--generate", action="store_true", help="add greedy continuations of the fixed prompt set")
     e.add_argument("--max-new-tokens", type=int, help="tokens per generated sample (default 48)")
     e.add_argument("--dtype", default="float32")
@@ -204,7 +207,8 @@ def _eval(args) -> int:
     result = evaluate(args.model, data=data, split=args.split, seqlen=args.seqlen, max_windows=args.max_windows,
                       batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.quiet,
                       tasks=args.tasks, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
-                      task_batch_size=args.task_batch_size, details=args.details)
+                      task_batch_size=args.task_batch_size, details=args.details,
+                      share_context=False if args.no_context_sharing else None)
     if args.json:
         from pathlib import Path
         write_json(Path(args.json), result)

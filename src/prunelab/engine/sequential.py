@@ -22,7 +22,7 @@ from ..patterns import Pattern
 from ..stats import LayerStats, StatsAccumulator
 
 
-REFINERS = ("dsnot",)
+REFINERS = ("dsnot", "dsnot-h")  # dsnot-h: DSnoT moves kept only when they lower the true error (XᵀX)
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class PostSteps:
     def needs(self, algorithm) -> frozenset[str]:
         needs = set(algorithm.needs)
         if self.refine:
-            needs |= {"sq_norm", "mean"}
+            needs |= {"sq_norm", "mean"} | ({"hessian"} if self.refine == "dsnot-h" else set())
         if self.corrects_bias(algorithm):
             needs.add("mean")
         if self.refit or self.diagnostics or (self.diagnostics is None and needs):
@@ -91,8 +91,9 @@ def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, patte
     """The algorithm plus post-steps on one dense weight: (pruned weight, error before refit or None, seconds)."""
     start = time.perf_counter()
     pruned = algorithm.prune(dense, stats, pattern)
-    if post.refine == "dsnot":
-        pruned = dsnot_refine(dense, pruned, stats, pattern)
+    if post.refine in REFINERS:
+        pruned = dsnot_refine(dense, pruned, stats, pattern,
+                              hessian=stats.require_hessian() if post.refine == "dsnot-h" else None)
     before_refit = None
     if post.refit:
         before_refit = relative_reconstruction_error(dense, pruned, stats.hessian)
