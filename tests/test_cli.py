@@ -126,3 +126,16 @@ def test_compare_layers_reports_each_method_and_its_optimum(tmp_path, corpus_fil
         if r["method"] == "alps":
             assert r["error"] <= r["optimum_error"] * 1.01 + 1e-6
     assert "| alps |" in (tmp_path / "cmp" / "layers.md").read_text()
+
+    # interrupted after block 0 (the last line cut short): a rerun solves block 1 only and gives the same rows
+    partial = tmp_path / "cmp" / "layers.partial.jsonl"
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 1 + len(rows)
+    partial.write_text("\n".join(lines[:1 + 49]) + "\n" + lines[50][:20])
+    assert main(["compare-layers", "--model", str(src), "--methods", methods, "--sparsity", "0.7",
+                 "--calib", str(corpus_file), "--calib-samples", "4", "--calib-seqlen", "32",
+                 "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "cmp" / "layers.json").read_text())["rows"]
+    assert [(r["block"], r["layer"], r["method"], r["error"]) for r in again] == \
+        [(r["block"], r["layer"], r["method"], r["error"]) for r in rows]
+    assert [json.loads(line) for line in partial.read_text().splitlines()[1:]] == again

@@ -20,16 +20,19 @@ from ..models import ModelAdapter
 
 def compare_layers(model, entries: list[tuple[str, object, object, PostSteps]], calibration: torch.Tensor,
                    device="cpu", max_blocks: int | None = None, optimum_iters: int = 200,
-                   optimum_tol: float = 1e-6, progress: bool = True) -> list[dict]:
+                   optimum_tol: float = 1e-6, progress: bool = True, done_blocks: set[int] = frozenset(),
+                   on_block=None) -> list[dict]:
     """``entries``: (label, algorithm, pattern, post-steps). Returns one row per (layer, label), in the order
-    of ``entries`` within each layer. ``optimum_tol`` is PCG's relative residual (fp32 cannot go much lower)."""
+    of ``entries`` within each layer. Blocks in ``done_blocks`` are only run forward (their rows are known);
+    ``on_block`` receives each new block's rows as soon as they exist. ``optimum_tol`` is PCG's relative residual (fp32 cannot go much lower)."""
     adapter = ModelAdapter(model)
     needs = frozenset({"hessian"}).union(*(post.needs(alg) for _, alg, _, post in entries))
     blocks = len(adapter.blocks) if max_blocks is None else min(max_blocks, len(adapter.blocks))
     rows = []
     bar = tqdm(total=blocks, desc="compare layers", unit="block", disable=not progress)
     for i, _block, layers, stats in calibrated_blocks(adapter, calibration, needs, torch.device(device)):
-        for name, layer in layers.items():
+        block_rows = []
+        for name, layer in layers.items() if i not in done_blocks else ():
             dense = adapter.get_weight(layer).float()
             h = stats[name].hessian
             results = []
@@ -46,9 +49,12 @@ def compare_layers(model, entries: list[tuple[str, object, object, PostSteps]], 
                     best = refit_on_support(dense, h, support, iters=optimum_iters, tol=optimum_tol, w0=pruned,
                                             dampening=0.0)
                     optimum[key] = relative_reconstruction_error(dense, best, h)
-                rows.append({"block": i, "layer": name, "method": label, "seconds": seconds,
-                             "sparsity": float((pruned == 0).float().mean()), "error": error,
-                             "optimum_error": optimum[key]})
+                block_rows.append({"block": i, "layer": name, "method": label, "seconds": seconds,
+                                   "sparsity": float((pruned == 0).float().mean()), "error": error,
+                                   "optimum_error": optimum[key]})
+        if block_rows and on_block is not None:
+            on_block(block_rows)
+        rows += block_rows
         bar.update()
         if i + 1 >= blocks:
             break
