@@ -1,6 +1,7 @@
 """The Python API: ``prunelab.prune`` and ``prunelab.evaluate``. The CLI only wraps these."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,10 +119,34 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
     return result
 
 
-def evaluate(model, *, tokenizer=None, data: str = "wikitext2", split: str = "test", seqlen: int | None = None,
+def evaluate(model, *, tokenizer=None, data: str | None = "wikitext2", split: str = "test", seqlen: int | None = None,
              max_windows: int | None = None, batch_size: int = 1, dtype: str = "float32",
-             device: str | None = None, progress: bool = True) -> dict:
-    """Perplexity of ``model`` (a loaded model with ``tokenizer``, or anything ``load_model`` accepts)."""
+             device: str | None = None, progress: bool = True, tasks: list[str] | str | None = None,
+             limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
+             prompts: list[str] | None = None, task_batch_size: int = 32, data_dir: str | Path | None = None,
+             details: bool = False, share_context: bool | None = None, task_source: str = "local") -> dict:
+    """Evaluate ``model`` (a loaded model with ``tokenizer``, or anything ``load_model`` accepts); one dict back.
+
+    - ``data`` (default wikitext2; None skips it): perplexity, its keys at the top level ("ppl", "seqlen", ...).
+    - ``tasks`` ("all", "piqa,arc_easy" or a list): zero-shot tasks scored as lm-evaluation-harness does, under
+      "tasks": {name: {...}}; ``limit`` keeps the first N items of each task; ``task_batch_size`` sequences per
+      forward pass; ``details`` adds per-item log-likelihoods; ``share_context`` (default: where the model family
+      allows) runs each context once for all its choices (same numbers up to float rounding); ``task_source="hf"``
+      reads the Hugging Face datasets the harness uses instead of the local copies (needs network).
+    - ``generate``: greedy continuations of the fixed prompt set (or ``prompts``) under "samples".
+    """
+    from .eval.generation import DEFAULT_MAX_NEW_TOKENS, PROMPT_SET_VERSION, generate_samples
+    from .eval.tasks import check_task_files, resolve_task_names
+    from .eval.zeroshot import build_requests, score_tasks
+
+    task_names = resolve_task_names(tasks) if tasks else []
+    if task_names:
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of items, got {limit}")
+        if task_source == "local":
+            check_task_files(task_names, data_dir)
+    if data is None and not task_names and not generate:
+        raise ValueError("nothing to evaluate: give data (perplexity), tasks, or generate=True")
     name = None
     if isinstance(model, (str, Path)):
         name = str(model)
@@ -130,6 +155,32 @@ def evaluate(model, *, tokenizer=None, data: str = "wikitext2", split: str = "te
             model.to(device)
     if tokenizer is None:
         raise ValueError("evaluate() needs the tokenizer when given a loaded model")
+    result: dict = {}
+    if data is not None:
+        result = _perplexity_result(model, tokenizer, name, data, split, seqlen, max_windows, batch_size, progress)
+    if task_names:
+        requests = [build_requests(tokenizer, t, limit=limit, data_dir=data_dir, source=task_source)
+                    for t in task_names]
+        result["tasks"] = score_tasks(model, requests, batch_size=task_batch_size, progress=progress, details=details,
+                                      share_context=share_context)
+        result["task_protocol"] = {"limit": limit, "num_fewshot": 0, "batch_size": task_batch_size,
+                                   "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    if generate or prompts:
+        result["samples"] = generate_samples(model, tokenizer, prompts,
+                                             max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        result["samples_prompt_set"] = "custom" if prompts else PROMPT_SET_VERSION
+    if name is not None and (task_names or generate or prompts):
+        result.setdefault("model", name)
+        if "measured_sparsity" not in result:
+            prior = read_record(name) if Path(name).is_dir() else None
+            if prior is not None:
+                result["recorded_sparsity"] = prior.get("summary", {}).get("sparsity")
+            result["measured_sparsity"] = sparsity_summary(model)["sparsity"]
+        result.update({"versions": package_versions(), "host": host_description(), "created": timestamp()})
+    return result
+
+
+def _perplexity_result(model, tokenizer, name, data, split, seqlen, max_windows, batch_size, progress) -> dict:
     if seqlen is None:
         seqlen = DEFAULT_EVAL_SEQLEN.get(name, 2048) if name else 2048
         seqlen = min(seqlen, getattr(model.config, "max_position_embeddings", seqlen) or seqlen)
@@ -155,17 +206,24 @@ def parse_method_spec(spec: str):
     from .engine import PostSteps
 
     name, *steps = spec.split("+")
-    unknown = set(steps) - {"dsnot", "refit"}
-    if unknown:
-        raise ValueError(f"unknown step(s) {sorted(unknown)} in {spec!r}; steps are +dsnot and +refit")
-    return name, PostSteps(refine="dsnot" if "dsnot" in steps else None, refit="refit" in steps)
+    unknown = set(steps) - {"dsnot", "dsnot-h", "refit"}
+    if unknown or ("dsnot" in steps and "dsnot-h" in steps):
+        raise ValueError(f"bad step(s) in {spec!r}; steps are +dsnot or +dsnot-h, and +refit")
+    refine = next((s for s in steps if s.startswith("dsnot")), None)
+    return name, PostSteps(refine=refine, refit="refit" in steps)
 
 
 def compare_layers(methods: list[str], *, model: str | None = None, sparsity: float | None = None,
                    pattern: str = "unstructured", calibration: CalibrationConfig | None = None,
-                   device: str = "cpu", max_blocks: int | None = None, progress: bool = True) -> dict:
+                   device: str = "cpu", max_blocks: int | None = None, progress: bool = True,
+                   checkpoint: str | Path | None = None) -> dict:
     """Reconstruction error of several methods per layer on the same dense activations, plus the optimum for
-    each method's own support (see eval/reconstruction.py)."""
+    each method's own support (see eval/reconstruction.py).
+
+    ``checkpoint``: a JSON-lines file that receives each block's rows as soon as they are computed; a later call
+    with the same methods, pattern, model and calibration tokens skips the blocks found there (an interrupted
+    comparison resumes)."""
+    import json
     from .eval.reconstruction import compare_layers as run_comparison
 
     entries, configs = [], []
@@ -179,7 +237,39 @@ def compare_layers(methods: list[str], *, model: str | None = None, sparsity: fl
     loaded, tokenizer, source = load_model(configs[0].model)
     segments, calib_info = calibration_data(tokenizer, configs[0].calibration)
     start = time.perf_counter()
-    rows = run_comparison(loaded, entries, segments, device=device, max_blocks=max_blocks, progress=progress)
+    header = {"methods": methods, "pattern": configs[0].pattern_obj().to_dict(), "model": source.identity,
+              "calibration_tokens": calib_info["tokens_sha256"]}
+    done_rows = []
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        lines = checkpoint.read_text().splitlines() if checkpoint.is_file() else []
+        if lines and json.loads(lines[0]) == header:
+            for line in lines[1:]:
+                try:
+                    done_rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill: that block is redone
+                    break
+        per_block = {}
+        for r in done_rows:
+            per_block.setdefault(r["block"], []).append(r)
+        # keep only blocks whose rows are all there (every layer x method)
+        done_rows = [r for b, rs in per_block.items() if len(rs) == max(len(x) for x in per_block.values())
+                     for r in rs]
+        # rewrite what is kept, so rows appended from here on never follow a line cut short
+        checkpoint.write_text("".join(json.dumps(x) + "\n" for x in [header, *done_rows]))
+        if done_rows:
+            _log(progress, f"resuming from {checkpoint}: {len({r['block'] for r in done_rows})} blocks done")
+
+    def save_block(block_rows):
+        if checkpoint is not None:
+            with open(checkpoint, "a") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in block_rows))
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    rows = run_comparison(loaded, entries, segments, device=device, max_blocks=max_blocks, progress=progress,
+                          done_blocks={r["block"] for r in done_rows}, on_block=save_block)
+    rows = sorted(done_rows + rows, key=lambda r: r["block"])
     return {"rows": rows, "methods": methods, "pattern": configs[0].pattern_obj().to_dict(),
             "model_source": {"kind": source.kind, **source.identity}, "calibration": calib_info,
             "seconds": time.perf_counter() - start, "versions": package_versions(), "host": host_description(),

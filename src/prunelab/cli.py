@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
     c.add_argument("--max-blocks", type=int, help="only the first K blocks (quick look)")
-    c.add_argument("--out", required=True, help="folder for layers.json and layers.md")
+    c.add_argument("--out", required=True, help="folder for layers.json and layers.md (rerun the same command "
+                   "to resume an interrupted comparison: finished blocks are kept in layers.partial.jsonl)")
     c.add_argument("--quiet", action="store_true")
 
     w = sub.add_parser("sweep", help="run methods x levels x patterns into a results store (resumable)")
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="score only the first N items of each task (file order, like the harness)")
     e.add_argument("--task-batch-size", type=int, default=32, help="task sequences per forward pass (default 32)")
     e.add_argument("--details", action="store_true", help="keep per-item log-likelihoods in the JSON")
+    e.add_argument("--task-source", choices=["local", "hf"], default="local",
+                   help="task data: the local copies (default) or the Hugging Face datasets the harness reads")
     e.add_argument("--no-context-sharing", action="store_true",
                    help="score every choice as its own sequence (default: run a shared context once per item)")
     e.add_argument("--generate", action="store_true", help="add greedy continuations of the fixed prompt set")
@@ -153,11 +156,11 @@ def _compare(args) -> int:
     from .eval.reconstruction import summarize
     from .export import write_json
 
-    result = compare_layers(args.methods.split(","), model=args.model, sparsity=args.sparsity, pattern=args.pattern,
-                            calibration=_calibration(args), device=args.device, max_blocks=args.max_blocks,
-                            progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    result = compare_layers(args.methods.split(","), model=args.model, sparsity=args.sparsity, pattern=args.pattern,
+                            calibration=_calibration(args), device=args.device, max_blocks=args.max_blocks,
+                            progress=not args.quiet, checkpoint=out / "layers.partial.jsonl")
     write_json(out / "layers.json", result)
     pattern = result["pattern"]
     header = (f"# Layer reconstruction error: {args.model}, "
@@ -208,7 +211,7 @@ def _eval(args) -> int:
                       batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.quiet,
                       tasks=args.tasks, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
                       task_batch_size=args.task_batch_size, details=args.details,
-                      share_context=False if args.no_context_sharing else None)
+                      share_context=False if args.no_context_sharing else None, task_source=args.task_source)
     if args.json:
         from pathlib import Path
         write_json(Path(args.json), result)
