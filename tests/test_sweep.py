@@ -199,3 +199,32 @@ def test_cli_dry_run_and_config_file(workdir, tmp_path, capsys):
     assert main(["sweep", "--config", str(bad)]) == 2
     assert "levles" in capsys.readouterr().err
     assert main(["sweep", "--methods", "nosuch", "--store", str(tmp_path / "t.db")]) == 2
+
+
+def test_sweep_with_tasks_and_samples_reaches_the_report(workdir, tmp_path):
+    from prunelab.data.corpora import data_dir
+
+    if not (data_dir() / "piqa" / "valid.jsonl").is_file():
+        pytest.skip("the piqa copy is not in the data directory")
+    import json as _json
+    long_model = tmp_path / "model"  # the tiny tokenizer spends many tokens on piqa's text: allow longer inputs
+    save_tiny_folder("llama", long_model)
+    cfg = _json.loads((long_model / "config.json").read_text())
+    cfg["max_position_embeddings"] = 2048
+    (long_model / "config.json").write_text(_json.dumps(cfg))
+    config = dataclasses_replace(sweep_config(workdir, methods=("magnitude",), levels=(0.5,), patterns=("unstructured",)),
+                                 models=(str(long_model),), evaluation=EvalProtocol(perplexity=(str(workdir / "corpus.txt"),), seqlen=32,
+                                                         tasks=("piqa",), task_limit=4, generate=True))
+    store = ResultsStore(tmp_path / "s.db")
+    assert run_sweep(config, store, log=lambda *_: None)["done"] == 2
+    row = next(r for r in store.rows("done") if r["method"] == "magnitude")
+    assert 0.0 <= row["metrics"]["tasks"]["piqa"]["acc"] <= 1.0 and row["metrics"]["samples"]
+    store.close()
+    md = write_report(tmp_path / "s.db", tmp_path / "report")["markdown"].read_text()
+    assert "## Zero-shot accuracy (%)" in md and "| method | level | piqa |" in md
+    assert "## Generated text: magnitude" in md
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+    return dataclasses.replace(obj, **changes)
