@@ -54,8 +54,10 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
     from prunelab.models import load_model
     from prunelab.eval.zeroshot import build_requests, score_tasks
 
+    from prunelab.eval.generation import generate_samples
+
     model, tokenizer, _ = load_model(source)
-    out = {"threads": torch.get_num_threads(), "tasks": {}}
+    out = {"threads": torch.get_num_threads(), "tasks": {}, "samples": generate_samples(model, tokenizer)}
     for name in tasks:
         load = _loadavg()
         start = time.perf_counter()
@@ -186,6 +188,11 @@ NOTES = """## Notes and known gaps
 """
 
 
+def _pruning_record(folder: str) -> dict | None:
+    path = Path(folder) / "prunelab.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _pts(x):
     return f"{100 * x:.2f}" if x is not None else "-"
 
@@ -202,6 +209,12 @@ def render(report: dict) -> str:
         "within one report.", ""]
     for label, m in report["models"].items():
         lines += [f"## {label}: `{m['source']}`", ""]
+        rec = _pruning_record(m["folder"])
+        if rec:
+            cal = rec.get("calibration") or {}
+            lines += [f"Pruned by prunelab: {rec['config']['method']}, sparsity {rec['summary']['sparsity']:.4f} of the "
+                      f"decoder-block Linear weights, calibration {cal.get('samples')} x {cal.get('seqlen')} tokens of "
+                      f"{cal.get('corpus')} (seed {cal.get('seed')}); prune {rec.get('prune_seconds', 0):.0f}s.", ""]
         lines += ["| task | items | prunelab acc | lm-eval acc | Δ (pts) | prunelab acc_norm | lm-eval acc_norm | Δ (pts) "
                   "| max \\|Δll\\| | decisions differing (acc / acc_norm) | prunelab s | lm-eval s | harness tokens "
                   "| prunelab tok/s | lm-eval tok/s |",
@@ -260,7 +273,8 @@ def render(report: dict) -> str:
         lines += ["## Full-dataset estimate (dense model, from the rates measured above)", "",
                   "Tokens are what each tool feeds the model: the harness runs every (context, choice) as its own "
                   "sequence (identical inputs merged); prunelab runs a shared context once per item. "
-                  "Times = tokens / the tool's measured tokens per second on that task (its own token count).", "",
+                  "Times = tokens / the tool's measured tokens per second on that task (its own token count), so "
+                  "they carry the load of the machine during the measurement (load averages above; 2 cores).", "",
                   "| task | items | harness tokens | prunelab tokens | prunelab est. min | lm-eval est. min |",
                   "|---|---|---|---|---|---|"]
         tot = [0, 0, 0.0, 0.0]
@@ -270,6 +284,15 @@ def render(report: dict) -> str:
             tot = [tot[0] + e["harness_tokens"], tot[1] + e["prunelab_tokens"], tot[2] + e["prunelab_minutes"],
                    tot[3] + e["harness_minutes"]]
         lines.append(f"| **all** | | {tot[0]} | {tot[1]} | {tot[2]:.0f} | {tot[3]:.0f} |")
+        lines.append("")
+    if all(m.get("samples") for m in report["models"].values()):
+        first = next(iter(report["models"].values()))["samples"]
+        lines += [f"## Generated samples (greedy, {first[0]['max_new_tokens']} new tokens, {first[0]['prompt_set']})", "",
+                  "| prompt | " + " | ".join(report["models"]) + " |", "|---|" + "---|" * len(report["models"])]
+        for k, sample in enumerate(first):
+            cells = [m["samples"][k]["continuation"].replace("\n", " ⏎ ").replace("|", "\\|")
+                     for m in report["models"].values()]
+            lines.append(f"| {sample['prompt']} | " + " | ".join(cells) + " |")
         lines.append("")
     sc = report.get("strings_check")
     if sc:
@@ -339,6 +362,7 @@ def main(argv=None) -> int:
                                    "ours_load": ours["tasks"][tasks[0]]["loadavg_before"],
                                    "theirs_load": theirs["loadavg_before"],
                                    "harness_load_seconds": first["meta"]["load_seconds"],
+                                   "samples": ours["samples"],
                                    "harness_meta": first["meta"]}
     if not args.no_estimate:
         label, m = next(iter(report["models"].items()))
