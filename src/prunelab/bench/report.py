@@ -66,7 +66,7 @@ def _level_order(label: str) -> tuple:
 
 def _method_order(rows: list[dict]) -> list[str]:
     seen = []
-    for r in sorted(rows, key=lambda r: r.get("started") or ""):
+    for r in sorted(rows, key=lambda r: r.get("seq", 0)):  # the sweep's own order, not timestamps (ties)
         if r["method"] != "dense" and r["method"] not in seen:
             seen.append(r["method"])
     return seen

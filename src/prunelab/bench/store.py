@@ -161,7 +161,7 @@ class ResultsStore:
         return [{"when": r["name"], **json.loads(r["value"])} for r in rows]
 
     def rows(self, status: str | None = None) -> list[dict]:
-        query, args = "SELECT * FROM runs", ()
+        query, args = "SELECT rowid AS seq, * FROM runs", ()  # seq: the order runs were first claimed
         if status is not None:
             query, args = query + " WHERE status=?", (status,)
         return [_row_dict(r) for r in self._db.execute(query + " ORDER BY model, method, pattern, level", args)]
