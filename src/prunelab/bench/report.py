@@ -135,6 +135,10 @@ class Report:
         m = (r.get("metrics") or {}).get("perplexity", {}).get(corpus)
         return None if m is None else _num(m["ppl"])
 
+    def _finite_ppl(self, r, corpus):
+        v = self._ppl(r, corpus)
+        return v if v is not None and math.isfinite(v) else None
+
     def _ppl_cell(self, r, corpus) -> Cell:
         if r is None:
             return Cell("")
@@ -263,36 +267,27 @@ class Report:
             for corpus in self._corpora(model):
                 fig, ax = plt.subplots(figsize=(7, 4.2))
                 for method in self.methods:
-                    pts = sorted((r["level"], self._ppl(r, corpus)) for r in self.rows
+                    pts = sorted((r["level"], self._finite_ppl(r, corpus)) for r in self.rows
                                  if r["model"] == model and r["method"] == method and r["pattern"] == "unstructured"
-                                 and self._ppl(r, corpus) is not None and math.isfinite(self._ppl(r, corpus)))
+                                 and self._finite_ppl(r, corpus) is not None)
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
                 dense = [self._ppl(r, corpus) for r in self.rows if r["model"] == model and r["method"] == "dense"]
                 if dense and dense[0] is not None:
                     ax.axhline(dense[0], color="gray", linestyle="--", linewidth=1, label="dense")
-                ax.set_yscale("log")
-                ax.set_xlabel("pruned level (fraction of weights zeroed)")
-                ax.set_ylabel(f"{corpus} perplexity (log scale)")
-                ax.set_title(f"Perplexity vs pruning level: {model}")
-                ax.grid(True, which="both", alpha=0.3)
-                ax.legend()
+                _log_ppl_axes(ax, "pruned level (fraction of weights zeroed)", corpus,
+                              f"Perplexity vs pruning level: {model}")
                 out[f"ppl_vs_level_{model}_{corpus}"] = _svg(fig)
                 plt.close(fig)
 
                 fig, ax = plt.subplots(figsize=(7, 4.2))
                 for method in self.methods:
-                    pts = sorted((r["metrics"]["size"]["bitmask_checkpoint_bytes"] / 2**20, self._ppl(r, corpus))
+                    pts = sorted((r["metrics"]["size"]["bitmask_checkpoint_bytes"] / 2**20, self._finite_ppl(r, corpus))
                                  for r in self.rows if r["model"] == model and r["method"] == method
-                                 and self._ppl(r, corpus) is not None and math.isfinite(self._ppl(r, corpus)))
+                                 and self._finite_ppl(r, corpus) is not None)
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="", label=method)
-                ax.set_yscale("log")
-                ax.set_xlabel("checkpoint MiB (bitmask + non-zero values)")
-                ax.set_ylabel(f"{corpus} perplexity (log scale)")
-                ax.set_title(f"Quality vs size: {model}")
-                ax.grid(True, which="both", alpha=0.3)
-                ax.legend()
+                _log_ppl_axes(ax, "checkpoint MiB (bitmask + non-zero values)", corpus, f"Quality vs size: {model}")
                 out[f"quality_vs_size_{model}_{corpus}"] = _svg(fig)
                 plt.close(fig)
         runtime = self.runtime_table()
@@ -372,6 +367,15 @@ class Report:
                  f"{versions.get('transformers')}; {host.get('cpu_count')} CPUs, CUDA {host.get('cuda')}."
                  " Bold: lowest perplexity of the row.")
         return line
+
+
+def _log_ppl_axes(ax, xlabel: str, corpus: str, title: str) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{corpus} perplexity (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
 
 
 def _slug(text: str) -> str:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import sqlite3
 import time
 from pathlib import Path
+
+from ..export import json_safe
 
 SCHEMA_VERSION = 1
 
@@ -41,19 +42,9 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def _finite_json(obj):
-    """JSON has no NaN/inf: store them as strings ("nan", "inf") so the text stays standard JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    return obj
-
-
 def dumps(obj) -> str:
-    return json.dumps(_finite_json(obj), sort_keys=True, separators=(",", ":"))
+    """Canonical JSON; NaN/inf stored as strings ("nan", "inf") so the text stays standard JSON."""
+    return json.dumps(json_safe(obj), sort_keys=True, separators=(",", ":"))
 
 
 def run_key(identity: dict) -> str:
