@@ -1,23 +1,25 @@
 """DSnoT (Zhang et al., ICLR 2024, arXiv 2310.08915): training-free mask refinement by pruning-and-growing.
 
-No weight is ever changed, only which ones are kept: a revived weight gets back its dense value. Per output
-row r the expected reconstruction error (dense minus sparse output, over the calibration inputs) is
+No weight value is changed, only which ones are kept: a revived weight gets back its dense value. Per output
+row r the expected reconstruction error (dense minus sparse output, in expectation over the calibration
+inputs) is
 
     e_r = Σ_j (Ŵ_rj − W_rj) · E[x_j]          (Ŵ dense, W current sparse weight)
 
-Each cycle, every row whose |e_r| exceeds ``threshold`` makes one swap:
-  grow   the pruned j with Ŵ_rj E[x_j] of the sign of e_r (reviving it moves e_r toward 0) and the largest
-         |Ŵ_rj E[x_j]| / Var(x_j)^``var_power``: a big expected reduction that varies little across inputs;
-  prune  among the kept k whose removal does not push the error (after growing) further from 0, i.e.
-         W_rk E[x_k] · e_r' ≤ 0, the one of least Wanda importance |W_rk| · ‖x_k‖₂; for N:M it must lie in
-         the group of the grown weight, so every group keeps its count.
-The row's count is kept exactly. A row stops when |e_r| ≤ ``threshold``, after ``max_cycles`` swaps, when no
-candidate exists, or (our safeguard, so |e_r| never increases) when the swap would not strictly reduce |e_r|.
-The paper's stopping threshold is likewise absolute. Var(x_j) = E[x_j²] − E[x_j]² needs the "mean" statistic.
+Each cycle, every row with |e_r| > ``threshold`` makes one swap, as the authors' code does it:
+  grow   the next initially pruned j whose Ŵ_rj E[x_j] has the sign of e_r (reviving it moves e_r toward 0),
+         in the order of |Ŵ_rj E[x_j]| / Var(x_j)^``var_power`` (a big expected reduction that varies little);
+  prune  unstructured: the next initially kept k whose W_rk E[x_k] has the opposite sign of e_r (removing it
+         also moves e_r toward 0), least Wanda importance |W_rk|·‖x_k‖₂ first; N:M: the least important weight
+         still kept from the initial mask in the grown weight's group of M, so every group keeps its count.
+Grown weights are never pruned again and pruned ones never regrown (each candidate list is walked once). The
+row's count is kept exactly. A row stops for good when |e_r| ≤ ``threshold`` (absolute, as in the paper), after
+``max_cycles`` cycles, when a list runs out, or, with ``same_sign`` (the authors' choice for N:M), when a swap
+would flip the sign of e_r relative to its initial sign. Var(x_j) = E[x_j²] − E[x_j]² needs the "mean" statistic.
 
-``hessian`` (our addition, the ``dsnot-h`` refinement): the same moves, but a swap is kept only if it also lowers
-the row's true reconstruction error (Ŵ_r − W_r) H (Ŵ_r − W_r)ᵀ, H = XᵀX; the mean-only error of the paper can
-improve while the real error gets worse (measured on the embedded model: plain DSnoT loses to Wanda at 60%).
+``hessian`` (our addition, the ``dsnot-h`` refinement): a swap is also rejected (and the row stops) unless it
+lowers the row's true reconstruction error (Ŵ_r − W_r) H (Ŵ_r − W_r)ᵀ, H = XᵀX; the mean-only error of the
+paper can improve while the real error gets worse.
 """
 from __future__ import annotations
 
@@ -30,44 +32,72 @@ from ..patterns import Pattern, select_pruned
 from .base import PruningAlgorithm, register
 
 
+def _walk_order(key: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the member columns sorted by ascending key (non-members after them), and how many there are."""
+    order = key.masked_fill(~member, float("inf")).argsort(dim=1, stable=True)
+    return order, member.sum(1)
+
+
 def dsnot_refine(w_dense: torch.Tensor, w_pruned: torch.Tensor, stats: LayerStats, pattern: Pattern,
                  max_cycles: int = 50, threshold: float = 0.1, var_power: float = 1.0,
-                 hessian: torch.Tensor | None = None) -> torch.Tensor:
+                 same_sign: bool | None = None, hessian: torch.Tensor | None = None) -> torch.Tensor:
     """Refine the mask of ``w_pruned`` (zeros = pruned) toward the dense output in expectation; see module doc."""
     wd = w_dense.double()
     w = w_pruned.double().clone()
+    same_sign = pattern.is_nm if same_sign is None else same_sign
     n = max(stats.n_tokens, 1)
     mu = stats.column_mean().to(wd)
     sq = stats.column_sq_norm().to(wd)
     var = (sq / n - mu ** 2).clamp_min(0)
     var = var.clamp_min(1e-12 * float(var.max().clamp_min(1e-30)))
-    norm = sq.sqrt()
+    importance = w.abs() * sq.sqrt()[None, :]  # Wanda's score of the kept weights
     grow_gain = wd * mu[None, :]  # reviving j lowers e_r by this
+    drop_gain = w * mu[None, :]  # pruning k raises e_r by this
     grow_score = grow_gain.abs() / var[None, :] ** var_power
-    pruned = w == 0
+    pruned0 = w == 0
     rows = torch.arange(w.shape[0], device=w.device)
-    group = torch.arange(w.shape[1], device=w.device) // pattern.m if pattern.is_nm else None
-    live = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+    # Candidate lists, each walked from its start: [0] for e_r > 0, [1] for e_r ≤ 0.
+    grow_lists = [_walk_order(-grow_score, pruned0 & (grow_gain > 0)),
+                  _walk_order(-grow_score, pruned0 & (grow_gain < 0))]
+    drop_lists = [_walk_order(importance, ~pruned0 & (drop_gain < 0)),
+                  _walk_order(importance, ~pruned0 & (drop_gain > 0))]
+    grow_at = torch.zeros(2, w.shape[0], dtype=torch.long, device=w.device)
+    drop_at = torch.zeros_like(grow_at)
+    if pattern.is_nm:
+        group = torch.arange(w.shape[1], device=w.device) // pattern.m
+        droppable = ~pruned0.clone()  # initially kept and not pruned yet
+    e = (wd - w) @ mu
+    sign0 = torch.sign(e)
     if hessian is not None:
         h = hessian.to(wd)
         hd = (wd - w) @ h  # H (Ŵ_r − W_r) per row, updated with each swap
+    live = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+    last = w.shape[1] - 1
+
+    def next_in(lists, side, at):  # the candidate each row's pointer is at in list ``side`` (0 or 1), and validity
+        order = torch.where(side[:, None] == 0, lists[0][0], lists[1][0])
+        count = torch.where(side == 0, lists[0][1], lists[1][1])
+        pos = at[side, rows]
+        return order[rows, pos.clamp_max(last)], pos < count
+
     for _ in range(max_cycles):
-        e = (wd - w) @ mu
         live &= e.abs() > threshold
         if not live.any():
             break
-        sign = torch.sign(e)[:, None]
-        growable = pruned & (grow_gain * sign > 0)
-        g = grow_score.masked_fill(~growable, -1.0).argmax(dim=1)
-        e_grown = e - grow_gain[rows, g]
-        drop_gain = w * mu[None, :]  # pruning k raises e_r by this
-        importance = w.abs() * norm[None, :]
-        droppable = ~pruned & (drop_gain * torch.sign(e_grown)[:, None] <= 0)
-        if group is not None:
-            droppable &= group[None, :] == group[g][:, None]
-        k = importance.masked_fill(~droppable, float("inf")).argmin(dim=1)
-        e_new = e_grown + drop_gain[rows, k]
-        accept = live & growable.any(dim=1) & droppable.any(dim=1) & (e_new.abs() < e.abs())
+        side = (e <= 0).long()  # grow list 0 while e_r > 0
+        g, valid = next_in(grow_lists, side, grow_at)
+        if pattern.is_nm:
+            in_group = droppable & (group[None, :] == group[g][:, None])
+            k = importance.masked_fill(~in_group, float("inf")).argmin(dim=1)
+            valid &= in_group.any(dim=1)
+        else:
+            dside = (e < 0).long()  # drop list 0 (W_rk E[x_k] < 0) while e_r ≥ 0
+            k, dvalid = next_in(drop_lists, dside, drop_at)
+            valid &= dvalid
+        e_new = e - grow_gain[rows, g] + drop_gain[rows, k]
+        accept = live & valid
+        if same_sign:
+            accept &= torch.sign(e_new) == sign0
         if hessian is not None:  # reviving g changes d_g by a, pruning k changes d_k by b (d = Ŵ − W)
             a, b = -(wd - w)[rows, g], w[rows, k]
             change = (2 * a * hd[rows, g] + a * a * h[g, g] + 2 * b * hd[rows, k] + b * b * h[k, k]
@@ -75,12 +105,18 @@ def dsnot_refine(w_dense: torch.Tensor, w_pruned: torch.Tensor, stats: LayerStat
             accept &= change < 0
         live &= accept
         r = rows[accept]
+        if not len(r):
+            break
         if hessian is not None:
             hd[r] += a[accept, None] * h[g[accept]] + b[accept, None] * h[k[accept]]
+        grow_at[side[accept], r] += 1
+        if pattern.is_nm:
+            droppable[r, k[accept]] = False
+        else:
+            drop_at[dside[accept], r] += 1
         w[r, g[accept]] = wd[r, g[accept]]
         w[r, k[accept]] = 0.0
-        pruned[r, g[accept]] = False
-        pruned[r, k[accept]] = True
+        e = torch.where(accept, e_new, e)
     return w.to(w_pruned.dtype)
 
 

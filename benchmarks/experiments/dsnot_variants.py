@@ -1,0 +1,67 @@
+"""Experiment: DSnoT on Wanda masks, on all layers (our default) or attention layers only (the authors' default,
+``--skip_layer mlp``), against plain Wanda. Protocol of the core issue: calibration 64 x 512 from C4, seed 0;
+WikiText-2 test, seqlen 512, first 128 windows.
+
+    python benchmarks/experiments/dsnot_variants.py wanda@0.6,dsnot@0.6,dsnot-attn@0.6 out.json
+
+Variants: ``wanda@L``; ``dsnot@L`` (Wanda + --refine dsnot); ``dsnot-h@L`` (+ --refine dsnot-h); a ``-attn``
+suffix refines attention projections only. The attention-only variant is not a prunelab option; this script
+wraps the engine's refinement call to skip layers whose name contains "mlp".
+"""
+import json
+import sys
+import time
+
+import prunelab
+from prunelab.algorithms import get_algorithm
+from prunelab.api import calibration_data
+from prunelab.bench.sweep import _parameter_snapshot, _restore
+from prunelab.config import CalibrationConfig
+from prunelab.engine import prune_model
+from prunelab.engine import sequential
+from prunelab.engine.sequential import PostSteps
+from prunelab.models.loading import DEFAULT_MODEL, load_model
+from prunelab.patterns import Pattern
+
+skip = {"fragment": None, "layer": ""}
+solve_weight, dsnot_refine = sequential.solve_weight, sequential.dsnot_refine
+
+
+def solve_weight_named(dense, algorithm, stats, pattern, post, name="?"):
+    skip["layer"] = name
+    return solve_weight(dense, algorithm, stats, pattern, post, name)
+
+
+def refine_unless_skipped(w_dense, w_pruned, stats, pattern, **options):
+    if skip["fragment"] and skip["fragment"] in skip["layer"]:
+        return w_pruned
+    return dsnot_refine(w_dense, w_pruned, stats, pattern, **options)
+
+
+def main() -> int:
+    variants, out = sys.argv[1].split(","), sys.argv[2]
+    sequential.solve_weight, sequential.dsnot_refine = solve_weight_named, refine_unless_skipped
+    model, tokenizer, _ = load_model(DEFAULT_MODEL)
+    calibration, _ = calibration_data(tokenizer, CalibrationConfig(samples=64, seqlen=512, seed=0))
+    snapshot = _parameter_snapshot(model)
+    results = {}
+    for variant in variants:
+        name, level = variant.split("@")
+        _restore(model, snapshot)
+        skip["fragment"] = "mlp" if name.endswith("-attn") else None
+        refine = name.removesuffix("-attn") if name.startswith("dsnot") else None
+        start = time.perf_counter()
+        prune_model(model, get_algorithm("wanda"), Pattern(float(level), scope="row"), calibration, progress=False,
+                    post=PostSteps(refine=refine))
+        seconds = time.perf_counter() - start
+        ppl = prunelab.evaluate(model, tokenizer=tokenizer, data="wikitext2", seqlen=512, max_windows=128,
+                                progress=False)["ppl"]
+        results[variant] = {"ppl": ppl, "prune_seconds": seconds}
+        print(variant, ppl, round(seconds, 1), flush=True)
+        with open(out, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
