@@ -145,3 +145,12 @@ def test_reconstruction_error_matches_explicit_outputs():
     p[:, ::3] = 0
     expected = ((x @ w.T - x @ p.T).norm() / (x @ w.T).norm()).item()
     assert relative_reconstruction_error(w, p, x.T @ x) == pytest.approx(expected, rel=1e-4)
+
+
+def test_random_masks_differ_between_same_shape_layers_and_repeat():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(32, 32, generator=g), torch.randn(32, 32, generator=g)
+    rnd = get_algorithm("random")
+    assert torch.equal(rnd.scores(a), rnd.scores(a.clone()))  # same weight, same seed: same mask
+    assert not torch.equal(rnd.scores(a), rnd.scores(b))  # same shape, other weight: another mask
+    assert not torch.equal(rnd.scores(a), get_algorithm("random", seed=1).scores(a))

@@ -1,4 +1,5 @@
 """Magnitude pruning: drop the weights of smallest |w| (Han et al., 2015). Needs no calibration data."""
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +31,14 @@ class NegativeMagnitude(PruningAlgorithm):
 @register
 @dataclass
 class Random(PruningAlgorithm):
-    """Uniformly random mask (a floor every method must beat); deterministic for a seed and layer shape."""
+    """Uniformly random mask (a floor every method must beat); deterministic for a seed and the layer's weights.
+
+    The generator is seeded from ``seed`` and a hash of the weight, so layers of the same shape (q_proj, o_proj)
+    get independent masks and a rerun gets the same ones."""
     name = "random"
     seed: int = 0
 
     def scores(self, weight, stats=None):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + weight.numel())
+        digest = hashlib.blake2b(weight.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=8)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + int.from_bytes(digest.digest(), "little")) % 2 ** 63)
         return torch.rand(weight.shape, generator=g).to(weight.device)
