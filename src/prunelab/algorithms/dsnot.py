@@ -56,7 +56,7 @@ def dsnot_refine(w_dense: torch.Tensor, w_pruned: torch.Tensor, stats: LayerStat
     grow_score = grow_gain.abs() / var[None, :] ** var_power
     pruned0 = w == 0
     rows = torch.arange(w.shape[0], device=w.device)
-    # Candidate lists, each walked from its start: [0] for e_r > 0, [1] for e_r ≤ 0.
+    # Candidate lists, each walked once from its start: [0] while e_r > 0 (pruning: e_r ≥ 0), [1] otherwise.
     grow_lists = [_walk_order(-grow_score, pruned0 & (grow_gain > 0)),
                   _walk_order(-grow_score, pruned0 & (grow_gain < 0))]
     drop_lists = [_walk_order(importance, ~pruned0 & (drop_gain < 0)),
@@ -65,7 +65,7 @@ def dsnot_refine(w_dense: torch.Tensor, w_pruned: torch.Tensor, stats: LayerStat
     drop_at = torch.zeros_like(grow_at)
     if pattern.is_nm:
         group = torch.arange(w.shape[1], device=w.device) // pattern.m
-        droppable = ~pruned0.clone()  # initially kept and not pruned yet
+        droppable = ~pruned0  # initially kept and not pruned yet
     e = (wd - w) @ mu
     sign0 = torch.sign(e)
     if hessian is not None:
