@@ -53,14 +53,19 @@ def load_piqa(**kwargs):
                                  for r, lab in zip(rows, labels)])
 
 
-def _arc(rel):
+def _multiple_choice(rel, split, stem_key):
+    """ARC / OpenBookQA rows in the HF layout: question stem, choices {text, label}, answerKey."""
     out = []
     for r in _jsonl(rel):
         q = r["question"]
-        out.append({"id": r["id"], "question": q["stem"],
+        out.append({"id": r["id"], stem_key: q["stem"],
                     "choices": {"text": [c["text"] for c in q["choices"]], "label": [c["label"] for c in q["choices"]]},
                     "answerKey": r["answerKey"]})
-    return _split("test", out)
+    return _split(split, out)
+
+
+def _arc(rel):
+    return _multiple_choice(rel, "test", "question")
 
 
 def load_arc_easy(**kwargs):
@@ -84,13 +89,7 @@ def load_winogrande(**kwargs):
 
 
 def load_openbookqa(**kwargs):
-    out = []
-    for r in _jsonl("openbookqa/test.jsonl"):
-        q = r["question"]
-        out.append({"id": r["id"], "question_stem": q["stem"],
-                    "choices": {"text": [c["text"] for c in q["choices"]], "label": [c["label"] for c in q["choices"]]},
-                    "answerKey": r["answerKey"]})
-    return _split("test", out)
+    return _multiple_choice("openbookqa/test.jsonl", "test", "question_stem")
 
 
 def load_siqa(**kwargs):

@@ -75,10 +75,10 @@ def dsnot_refine(w_dense: torch.Tensor, w_pruned: torch.Tensor, stats: LayerStat
     last = w.shape[1] - 1
 
     def next_in(lists, side, at):  # the candidate each row's pointer is at in list ``side`` (0 or 1), and validity
-        order = torch.where(side[:, None] == 0, lists[0][0], lists[1][0])
-        count = torch.where(side == 0, lists[0][1], lists[1][1])
         pos = at[side, rows]
-        return order[rows, pos.clamp_max(last)], pos < count
+        col = pos.clamp_max(last)
+        candidate = torch.where(side == 0, lists[0][0][rows, col], lists[1][0][rows, col])
+        return candidate, pos < torch.where(side == 0, lists[0][1], lists[1][1])
 
     for _ in range(max_cycles):
         live &= e.abs() > threshold
