@@ -11,7 +11,7 @@ Then, from the repository root:
     python benchmarks/lmeval/compare.py --limit 300 --model dense=smollm2-135m --model sparsegpt50=runs/sgpt50
 
 For each model: prunelab scores the tasks in this process (per task: load + tokenize + score, timed), then
-``run_lmeval.py`` runs the harness's ``hf`` model (float32, CPU) on the local task YAMLs in ``tasks/`` with the same
+``run_lmeval.py`` runs the harness's ``hf`` model (``--dtype``, float32 by default; CPU) on the local task YAMLs in ``tasks/`` with the same
 ``--limit`` (both take the first N items in file order) and batch size. The report
 (benchmarks/results/zeroshot_vs_lmeval.md, plus a .json) gives both numbers per task, their difference, per-item
 log-likelihood agreement, seconds and tokens/s, and estimates of full-dataset times from the measured rates.
@@ -48,7 +48,8 @@ def model_folder(source: str) -> str:
     return resolved.location
 
 
-def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: int, share: bool | None) -> dict:
+def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: int, share: bool | None,
+                 dtype: str = "float32") -> dict:
     import torch
 
     from prunelab.models import load_model
@@ -56,7 +57,7 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
 
     from prunelab.eval.generation import generate_samples
 
-    model, tokenizer, _ = load_model(source)
+    model, tokenizer, _ = load_model(source, dtype)
     out = {"threads": torch.get_num_threads(), "tasks": {}, "samples": generate_samples(model, tokenizer)}
     for name in tasks:
         load = _loadavg()
@@ -75,10 +76,11 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
 
 
 def run_harness(python: str, folder: str, tasks: list[str], limit: int | None, batch_size: int, work: Path,
-                bootstrap_iters: int) -> dict:
+                bootstrap_iters: int, dtype: str = "float32") -> dict:
     work.mkdir(parents=True, exist_ok=True)
     cmd = [python, str(HERE / "run_lmeval.py"), "--pretrained", folder, "--tasks", ",".join(tasks),
-           "--batch-size", str(batch_size), "--out", str(work), "--bootstrap-iters", str(bootstrap_iters)]
+           "--batch-size", str(batch_size), "--out", str(work), "--bootstrap-iters", str(bootstrap_iters),
+           "--dtype", dtype]
     if limit is not None:
         cmd += ["--limit", str(limit)]
     env = dict(os.environ)
@@ -181,7 +183,7 @@ NOTES = """## Notes and known gaps
   method, the harness bootstraps (both shown).
 - prunelab runs a shared context once per item (packed row, block mask); the harness runs every choice as its own
   sequence. Log-likelihood differences (max |Δll|) are float rounding from different batch shapes.
-- Timing: both tools float32 on the same CPU threads, one after the other; prunelab's time includes loading and
+- Timing: both tools in the same dtype on the same CPU threads, one after the other; prunelab's time includes loading and
   tokenizing the task, the harness's includes its dataset building and request construction (its model load is
   excluded). tok/s = the harness's token count (every choice as its own sequence) / seconds, for both tools, so
   the rates compare work done; prunelab feeds the model fewer tokens for the same work.
@@ -193,6 +195,12 @@ def _pruning_record(folder: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _dtype_words(dtype: str) -> str:
+    if dtype == "float32":
+        return "float32"
+    return f"{dtype} weights and activations (log-softmax in float32: the harness's softmax_dtype=float32)"
+
+
 def _pts(x):
     return f"{100 * x:.2f}" if x is not None else "-"
 
@@ -201,7 +209,7 @@ def render(report: dict) -> str:
     lines = [f"# prunelab zero-shot vs lm-evaluation-harness {report['harness_version']}", ""]
     lines += [
         f"Date {report['date']}; host: {report['host']}; torch {report['torch']} ({report['threads']} threads), "
-        f"transformers {report['transformers']}; both tools float32 on CPU, batch size {report['batch_size']}, "
+        f"transformers {report['transformers']}; both tools {_dtype_words(report.get('dtype', 'float32'))} on CPU, batch size {report['batch_size']}, "
         f"0-shot, {('the first %d items of each task (file order; the harness --limit)' % report['limit']) if report['limit'] else 'all items'}.",
         "The harness runs its `hf` model on task YAMLs that read the same local files (`benchmarks/lmeval/tasks/`; "
         "their prompt fields are checked against the installed harness's own YAMLs before every run).",
@@ -313,6 +321,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="first N items per task (omit for the full datasets)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-context-sharing", action="store_true")
+    ap.add_argument("--dtype", default="float32", help="both tools' model dtype (log-softmax stays float32)")
     ap.add_argument("--lmeval-python", default="/tmp/lmeval/venv/bin/python")
     ap.add_argument("--bootstrap-iters", type=int, default=100000)
     ap.add_argument("--work", default="/tmp/lmeval/work")
@@ -341,15 +350,15 @@ def main(argv=None) -> int:
     models = dict(m.split("=", 1) for m in (args.model or ["dense=smollm2-135m"]))
     share = False if args.no_context_sharing else None
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "limit": args.limit, "batch_size": args.batch_size,
-              "tasks": tasks, "torch": torch.__version__, "transformers": transformers.__version__,
+              "tasks": tasks, "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__,
               "threads": torch.get_num_threads(), "bootstrap_iters": args.bootstrap_iters,
               "host": f"{platform.machine()}, {host_description().get('cpu_count')} CPUs", "models": {},
               "commands": ["python benchmarks/lmeval/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])]}
     for label, source in models.items():
         folder = model_folder(source)
-        ours = run_prunelab(source, tasks, args.limit, args.batch_size, share)
+        ours = run_prunelab(source, tasks, args.limit, args.batch_size, share, args.dtype)
         theirs = run_harness(args.lmeval_python, folder, tasks, args.limit, args.batch_size, Path(args.work) / label,
-                             args.bootstrap_iters)
+                             args.bootstrap_iters, args.dtype)
         rows = {}
         for name in tasks:
             o, t = ours["tasks"][name], theirs["tasks"][name]
