@@ -11,8 +11,8 @@ Then, from the repository root:
     python benchmarks/lmeval/compare.py --limit 300 --model dense=smollm2-135m --model sparsegpt50=runs/sgpt50
 
 For each model: prunelab scores the tasks in this process (per task: load + tokenize + score, timed), then
-``run_lmeval.py`` runs the harness's ``hf`` model (``--dtype``, float32 by default; CPU) on the local task YAMLs in ``tasks/`` with the same
-``--limit`` (both take the first N items in file order) and batch size. The report
+``run_lmeval.py`` runs the harness's ``hf`` model (``--dtype``, float32 by default; CPU) on the local task YAMLs
+in ``tasks/`` with the same ``--limit`` (both take the first N items in file order) and batch size. The report
 (benchmarks/results/zeroshot_vs_lmeval.md, plus a .json) gives both numbers per task, their difference, per-item
 log-likelihood agreement, seconds and tokens/s, and estimates of full-dataset times from the measured rates.
 """

@@ -60,7 +60,7 @@ def main():
     ap.add_argument("--bootstrap-iters", type=int, default=100000,
                     help="for LAMBADA's perplexity stderr, computed after the timed run (the harness's default)")
     ap.add_argument("--dtype", default="float32",
-                    help="model weights' dtype; below float32 the log-softmax still runs in float32 (softmax_dtype)")
+                    help="model weights' dtype; the log-softmax runs in float32 whatever it is (softmax_dtype)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--strings-only", action="store_true",
                     help="no model: write the (context, continuation) strings the harness builds for every item")
@@ -108,14 +108,14 @@ def main():
         return
     start = time.perf_counter()
     # prunelab takes the log-softmax of the logits in float32 whatever the model's dtype; the harness's
-    # softmax_dtype option does the same, so a bfloat16 comparison differs only by the forward's rounding.
-    extra = {} if args.dtype == "float32" else {"softmax_dtype": "float32"}
-    lm = HFLM(pretrained=args.pretrained, dtype=args.dtype, batch_size=args.batch_size, device="cpu", **extra)
+    # softmax_dtype does the same (a no-op for a float32 model), so a bfloat16 comparison differs only by the forward.
+    lm = HFLM(pretrained=args.pretrained, dtype=args.dtype, batch_size=args.batch_size, device="cpu",
+              softmax_dtype="float32")
     load_seconds = time.perf_counter() - start
     meta = {"lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "add_bos_token": lm.add_bos_token, "max_length": lm.max_length,
             "load_seconds": load_seconds, "batch_size": args.batch_size, "limit": args.limit, "dtype": args.dtype,
-            "softmax_dtype": extra.get("softmax_dtype")}
+            "softmax_dtype": "float32"}
     for name in names:
         local, harness = TASKS[name]
         t0 = time.perf_counter()
