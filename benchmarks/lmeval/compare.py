@@ -15,6 +15,9 @@ For each model: prunelab scores the tasks in this process (per task: load + toke
 in ``tasks/`` with the same ``--limit`` (both take the first N items in file order) and batch size. The report
 (benchmarks/results/zeroshot_vs_lmeval.md, plus a .json) gives both numbers per task, their difference, per-item
 log-likelihood agreement, seconds and tokens/s, and estimates of full-dataset times from the measured rates.
+
+Long comparisons resume: each tool's finished tasks are kept under ``--work`` (prunelab's in ``LABEL/prunelab/``,
+the harness's in ``LABEL/``) and a rerun with the same model, limit, batch size and dtype scores only the rest.
 """
 from __future__ import annotations
 
@@ -48,8 +51,16 @@ def model_folder(source: str) -> str:
     return resolved.location
 
 
+def _kept(path: Path, settings: dict) -> dict | None:
+    """An earlier result at ``path`` if it was made with the same ``settings``, else None."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("settings") == settings else None
+
+
 def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: int, share: bool | None,
-                 dtype: str = "float32") -> dict:
+                 dtype: str = "float32", keep: Path | None = None) -> dict:
     import torch
 
     from prunelab.models import load_model
@@ -57,9 +68,22 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
 
     from prunelab.eval.generation import generate_samples
 
+    settings = {"source": source, "limit": limit, "batch_size": batch_size, "share": share, "dtype": dtype}
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        done = {name: _kept(keep / f"{name}.json", settings) for name in tasks + ["samples"]}
+        if all(done.values()):
+            return {"threads": torch.get_num_threads(), "samples": done["samples"]["result"],
+                    "tasks": {name: done[name]["result"] for name in tasks}}
     model, tokenizer, _ = load_model(source, dtype)
     out = {"threads": torch.get_num_threads(), "tasks": {}, "samples": generate_samples(model, tokenizer)}
+    if keep is not None:
+        (keep / "samples.json").write_text(json.dumps({"settings": settings, "result": out["samples"]}))
     for name in tasks:
+        if keep is not None and done[name]:
+            out["tasks"][name] = done[name]["result"]
+            print(f"[prunelab] {name}: kept from {keep / (name + '.json')}", flush=True)
+            continue
         load = _loadavg()
         start = time.perf_counter()
         requests = build_requests(tokenizer, name, limit=limit)
@@ -70,6 +94,8 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
         result["wall_seconds"] = time.perf_counter() - start
         result["loadavg_before"] = load
         out["tasks"][name] = result
+        if keep is not None:
+            (keep / f"{name}.json").write_text(json.dumps({"settings": settings, "result": result}))
         print(f"[prunelab] {name}: {result['items']} items, {result['wall_seconds']:.1f}s "
               f"(score {result['seconds']:.1f}s), acc={result['acc']:.4f}", flush=True)
     return out
@@ -78,7 +104,22 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
 def run_harness(python: str, folder: str, tasks: list[str], limit: int | None, batch_size: int, work: Path,
                 bootstrap_iters: int, dtype: str = "float32") -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    cmd = [python, str(HERE / "run_lmeval.py"), "--pretrained", folder, "--tasks", ",".join(tasks),
+    wanted = {"pretrained": folder, "limit": limit, "batch_size": batch_size, "dtype": dtype}
+
+    def finished(name: str) -> bool:
+        path = work / f"{name}.json"
+        if not path.exists():
+            return False
+        meta = json.loads(path.read_text())["meta"]
+        return all(meta.get(k) == v for k, v in wanted.items())
+
+    todo = [name for name in tasks if not finished(name)]
+    if len(todo) < len(tasks):
+        print(f"[lm-eval] kept from {work}: {', '.join(n for n in tasks if n not in todo) or '-'}", flush=True)
+    if not todo:
+        results = {name: json.loads((work / f"{name}.json").read_text()) for name in tasks}
+        return {"wall_seconds": None, "loadavg_before": None, "command": None, "tasks": results}
+    cmd = [python, str(HERE / "run_lmeval.py"), "--pretrained", folder, "--tasks", ",".join(todo),
            "--batch-size", str(batch_size), "--out", str(work), "--bootstrap-iters", str(bootstrap_iters),
            "--dtype", dtype]
     if limit is not None:
@@ -356,7 +397,8 @@ def main(argv=None) -> int:
               "commands": ["python benchmarks/lmeval/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])]}
     for label, source in models.items():
         folder = model_folder(source)
-        ours = run_prunelab(source, tasks, args.limit, args.batch_size, share, args.dtype)
+        ours = run_prunelab(source, tasks, args.limit, args.batch_size, share, args.dtype,
+                            keep=Path(args.work) / label / "prunelab")
         theirs = run_harness(args.lmeval_python, folder, tasks, args.limit, args.batch_size, Path(args.work) / label,
                              args.bootstrap_iters, args.dtype)
         rows = {}

@@ -115,7 +115,7 @@ def main():
     meta = {"lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "add_bos_token": lm.add_bos_token, "max_length": lm.max_length,
             "load_seconds": load_seconds, "batch_size": args.batch_size, "limit": args.limit, "dtype": args.dtype,
-            "softmax_dtype": "float32"}
+            "softmax_dtype": "float32", "pretrained": args.pretrained}
     for name in names:
         local, harness = TASKS[name]
         t0 = time.perf_counter()
