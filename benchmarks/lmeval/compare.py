@@ -295,8 +295,11 @@ def render(report: dict) -> str:
                           f"{lam['ours']['perplexity']:.3f} ± {lam['ours']['perplexity_stderr']:.3f} (delta method), "
                           f"lm-eval {lam['theirs']['perplexity']:.3f} ± {lam['theirs'].get('perplexity_stderr', float('nan')):.3f} "
                           f"(bootstrap, {report['bootstrap_iters']} resamples)."]
-        lines += ["", f"Load average at start: prunelab {m['ours_load']}, lm-eval {m['theirs_load']}; lm-eval model "
-                      f"load {m['harness_load_seconds']:.1f}s not included above.", ""]
+        # each tool's load averages (1, 5, 15 min) as each task started; older records lack the harness's
+        loads = "; ".join(f"{name} {r['ours'].get('loadavg_before') or 'n/a'} / {r['theirs'].get('loadavg_before') or 'n/a'}"
+                          for name, r in m["rows"].items())
+        lines += ["", f"Load averages at each task's start, prunelab / lm-eval: {loads}; lm-eval model load "
+                      f"{m['harness_load_seconds']:.1f}s not included above.", ""]
     labels = list(report["models"])
     if len(labels) > 1:
         base = labels[0]
@@ -405,13 +408,12 @@ def main(argv=None) -> int:
         for name in tasks:
             o, t = ours["tasks"][name], theirs["tasks"][name]
             rows[name] = {"ours": {k: v for k, v in o.items() if k != "details"},
-                          "theirs": {**t["metrics"], "seconds": t["seconds"], "items": t["n_items"]},
+                          "theirs": {**t["metrics"], "seconds": t["seconds"], "items": t["n_items"],
+                                     "loadavg_before": t.get("loadavg_before")},
                           "agreement": item_agreement(o, t)}
         first = next(iter(theirs["tasks"].values()))
         report["harness_version"] = first["meta"].get("lm_eval") or "0.4.13"
         report["models"][label] = {"source": source, "folder": folder, "rows": rows,
-                                   "ours_load": ours["tasks"][tasks[0]]["loadavg_before"],
-                                   "theirs_load": theirs["loadavg_before"],
                                    "harness_load_seconds": first["meta"]["load_seconds"],
                                    "samples": ours["samples"],
                                    "harness_meta": first["meta"]}

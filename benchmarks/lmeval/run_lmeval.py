@@ -118,6 +118,7 @@ def main():
             "softmax_dtype": "float32", "pretrained": args.pretrained}
     for name in names:
         local, harness = TASKS[name]
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         t0 = time.perf_counter()
         res = simple_evaluate(model=lm, tasks=[local], limit=args.limit, task_manager=tm, log_samples=True,
                               bootstrap_iters=0, num_fewshot=0)
@@ -133,7 +134,8 @@ def main():
             lls = [it["resps"][0][0] for it in items]
             metrics["perplexity_stderr"] = bootstrap_stderr(perplexity, lls, iters=args.bootstrap_iters)
         record = {"task": name, "harness_task": harness, "local_task": local, "n_items": len(items),
-                  "metrics": metrics, "seconds": seconds, "meta": meta, "items": items}
+                  "metrics": metrics, "seconds": seconds, "meta": meta, "items": items,
+                  "loadavg_before": load}
         (out / f"{name}.json").write_text(json.dumps(record))
         print(f"[lm-eval] {name}: {len(items)} items, {seconds:.1f}s, "
               + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
