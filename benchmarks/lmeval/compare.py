@@ -247,7 +247,7 @@ def _pts(x):
 
 
 def render(report: dict) -> str:
-    lines = [f"# prunelab zero-shot vs lm-evaluation-harness {report['harness_version']}", ""]
+    lines = [f"# prunelab zero-shot vs lm-evaluation-harness {report.get('harness_version', '(not run)')}", ""]
     lines += [
         f"Date {report['date']}; host: {report['host']}; torch {report['torch']} ({report['threads']} threads), "
         f"transformers {report['transformers']}; both tools {_dtype_words(report.get('dtype', 'float32'))} on CPU, batch size {report['batch_size']}, "
@@ -264,6 +264,19 @@ def render(report: dict) -> str:
             lines += [f"Pruned by prunelab: {rec['config']['method']}, sparsity {rec['summary']['sparsity']:.4f} of the "
                       f"decoder-block Linear weights, calibration {cal.get('samples')} x {cal.get('seqlen')} tokens of "
                       f"{cal.get('corpus')} (seed {cal.get('seed')}); prune {rec.get('prune_seconds', 0):.0f}s.", ""]
+        if not m.get("harness_meta"):  # --prunelab-only: prunelab's numbers alone
+            lines += ["lm-evaluation-harness was not run on this model (`--prunelab-only`).", "",
+                      "| task | items | prunelab acc | prunelab acc_norm | prunelab s | harness tokens | prunelab tok/s |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, row in m["rows"].items():
+                o = row["ours"]
+                norm = f"{_pts(o['acc_norm'])} ± {_pts(o['acc_norm_stderr'])}" if "acc_norm" in o else "-"
+                lines.append(f"| {name} | {o['items']} | {_pts(o['acc'])} ± {_pts(o['acc_stderr'])} | {norm} "
+                             f"| {o['wall_seconds']:.1f} | {o['harness_tokens']} "
+                             f"| {o['harness_tokens'] / o['wall_seconds']:.0f} |")
+            loads = "; ".join(f"{name} {r['ours'].get('loadavg_before') or 'n/a'}" for name, r in m["rows"].items())
+            lines += ["", f"Load averages at each task's start: {loads}.", ""]
+            continue
         lines += ["| task | items | prunelab acc | lm-eval acc | Δ (pts) | prunelab acc_norm | lm-eval acc_norm | Δ (pts) "
                   "| max \\|Δll\\| | decisions differing (acc / acc_norm) | prunelab s | lm-eval s | harness tokens "
                   "| prunelab tok/s | lm-eval tok/s |",
@@ -317,7 +330,8 @@ def render(report: dict) -> str:
                         cells += ["-", "-"]
                         continue
                     fmt = (lambda v: f"{v:.2f}") if metric == "perplexity" else _pts
-                    cells += [fmt(row["ours"][metric]), fmt(row["theirs"].get(metric))]
+                    theirs = row["theirs"].get(metric) if row["theirs"] else None
+                    cells += [fmt(row["ours"][metric]), fmt(theirs) if theirs is not None else "-"]
                 lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
         lines.append("")
     est = report.get("full_estimate")
@@ -361,6 +375,9 @@ def render(report: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", help="LABEL=SOURCE (repeatable; default dense=smollm2-135m)")
+    ap.add_argument("--prunelab-only", action="append", default=[], metavar="LABEL",
+                    help="score this --model with prunelab only (repeatable), e.g. to add a model to the pruning-cost "
+                         "table without the harness's run time")
     ap.add_argument("--tasks", default="all")
     ap.add_argument("--limit", type=int, help="first N items per task (omit for the full datasets)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -392,6 +409,8 @@ def main(argv=None) -> int:
 
     tasks = resolve_task_names(args.tasks)
     models = dict(m.split("=", 1) for m in (args.model or ["dense=smollm2-135m"]))
+    if set(args.prunelab_only) - set(models):
+        ap.error(f"--prunelab-only names no --model label: {sorted(set(args.prunelab_only) - set(models))}")
     share = False if args.no_context_sharing else None
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "limit": args.limit, "batch_size": args.batch_size,
               "tasks": tasks, "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -402,6 +421,12 @@ def main(argv=None) -> int:
         folder = model_folder(source)
         ours = run_prunelab(source, tasks, args.limit, args.batch_size, share, args.dtype,
                             keep=Path(args.work) / label / "prunelab")
+        if label in args.prunelab_only:
+            rows = {name: {"ours": {k: v for k, v in o.items() if k != "details"}, "theirs": None, "agreement": None}
+                    for name, o in ours["tasks"].items()}
+            report["models"][label] = {"source": source, "folder": folder, "rows": rows, "samples": ours["samples"],
+                                       "harness_meta": None}
+            continue
         theirs = run_harness(args.lmeval_python, folder, tasks, args.limit, args.batch_size, Path(args.work) / label,
                              args.bootstrap_iters, args.dtype)
         rows = {}
@@ -417,8 +442,9 @@ def main(argv=None) -> int:
                                    "harness_load_seconds": first["meta"]["load_seconds"],
                                    "samples": ours["samples"],
                                    "harness_meta": first["meta"]}
-    if not args.no_estimate:
-        label, m = next(iter(report["models"].items()))
+    compared = [(l, m) for l, m in report["models"].items() if m["harness_meta"]]
+    if not args.no_estimate and compared:
+        label, m = compared[0]
         counts = full_token_counts(m["source"], tasks)
         for name, c in counts.items():
             row = m["rows"][name]
