@@ -76,8 +76,10 @@ def run_prunelab(source: str, tasks: list[str], limit: int | None, batch_size: i
             return {"threads": torch.get_num_threads(), "samples": done["samples"]["result"],
                     "tasks": {name: done[name]["result"] for name in tasks}}
     model, tokenizer, _ = load_model(source, dtype)
-    out = {"threads": torch.get_num_threads(), "tasks": {}, "samples": generate_samples(model, tokenizer)}
-    if keep is not None:
+    kept_samples = done["samples"] if keep is not None else None
+    out = {"threads": torch.get_num_threads(), "tasks": {},
+           "samples": kept_samples["result"] if kept_samples else generate_samples(model, tokenizer)}
+    if keep is not None and not kept_samples:
         (keep / "samples.json").write_text(json.dumps({"settings": settings, "result": out["samples"]}))
     for name in tasks:
         if keep is not None and done[name]:
