@@ -51,6 +51,22 @@ def test_stats_mean_kind_and_old_layout():
         LayerStats(5).column_mean()
 
 
+def test_stats_count_sequences_and_their_within_sequence_variance():
+    g = torch.Generator().manual_seed(1)
+    lengths = [100, 150, 150, 200]  # the two middle sequences arrive as one batch
+    seqs = [correlated_inputs(tokens=n, seed=i) + 2 * torch.randn(64, generator=g) for i, n in enumerate(lengths)]
+    acc = StatsAccumulator(64, frozenset({"sq_norm", "mean"}), "cpu")
+    acc.add(seqs[0])
+    acc.add(torch.stack(seqs[1:3]))
+    acc.add(seqs[3][None])
+    stats = acc.result()
+    assert (stats.n_samples, stats.n_tokens, stats.tokens_per_sample()) == (4, 600, 150.0)
+    slow = sum(x.double().var(0, unbiased=False) * len(x) for x in seqs) / 600  # token-weighted mean of variances
+    torch.testing.assert_close(stats.column_within_sample_var().double(), slow, rtol=1e-4, atol=1e-4)
+    everything = torch.cat(seqs).double().var(0, unbiased=False)
+    assert (slow < everything).all()  # the sequences' own offsets are left out
+
+
 def test_refit_equals_closed_form_least_squares():
     x = correlated_inputs(features=48).double()
     h = x.T @ x
@@ -228,7 +244,7 @@ def test_dsnot_keeps_counts_lowers_error_and_matches_reference(pattern):
     stats = all_stats(x)
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     start = get_algorithm("wanda").prune(w, stats, pattern)
-    out = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=0.05)
+    out = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=8.0)
     assert torch.equal((out == 0).sum(1), (start == 0).sum(1))
     assert_pattern(out, pattern, w.shape)
     kept = out != 0
@@ -236,14 +252,15 @@ def test_dsnot_keeps_counts_lowers_error_and_matches_reference(pattern):
     e0, e1 = expected_error(w, start, stats).abs(), expected_error(w, out, stats).abs()
     # N:M stops a row before its error changes sign and may prune against it, so it gains less (seed 0: 0.40)
     assert e1.mean() < (0.6 if pattern.is_nm else 0.4) * e0.mean() and (e1 < e0).sum() >= 12
-    mu = stats.column_mean().double()
+    # the authors' units: sums over one calibration sequence (here chunks of 200, 200 and 112 tokens)
+    mu = stats.column_mean().double() * (512 / 3)
     sq = stats.column_sq_norm().double()
-    var = (sq / stats.n_tokens - mu ** 2).clamp_min(0)
+    var = stats.column_within_sample_var().double()
     var = var.clamp_min(1e-12 * float(var.max()))
     moved = 0
     for r in range(16):
         ref = slow_dsnot_row(w[r].double(), start[r].double(), mu.tolist(), var.tolist(), sq.sqrt().tolist(),
-                             30, 0.05, 1.0, pattern.m, same_sign=pattern.is_nm)
+                             30, 8.0, 1.0, pattern.m, same_sign=pattern.is_nm)
         assert torch.equal(out[r].double() == 0, ref == 0), r
         torch.testing.assert_close(out[r].double(), ref)
         moved += int((ref != start[r].double()).sum())
@@ -269,8 +286,8 @@ def test_dsnot_hessian_guard_never_raises_the_true_row_error(pattern):
     h = (x.T @ x).double()
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     start = get_algorithm("wanda").prune(w, stats, pattern)
-    plain = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=0.05)
-    guarded = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=0.05, hessian=h)
+    plain = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=8.0)
+    guarded = dsnot_refine(w, start, stats, pattern, max_cycles=30, threshold=8.0, hessian=h)
 
     def row_errors(wp):
         d = w.double() - wp.double()

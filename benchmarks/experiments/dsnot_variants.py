@@ -2,12 +2,19 @@
 ``--skip_layer mlp``), against plain Wanda. Protocol of the core issue: calibration 64 x 512 from C4, seed 0;
 WikiText-2 test, seqlen 512, first 128 windows.
 
-    python benchmarks/experiments/dsnot_variants.py wanda@0.6,dsnot@0.6,dsnot-attn@0.6 out.json
+    python benchmarks/experiments/dsnot_variants.py wanda@0.6,dsnot@0.6,dsnot-attn@0.6 out.json [validation]
+
+An optional third argument evaluates on another WikiText-2 split (``validation``: to choose options without
+looking at the test split).
 
 Variants: ``wanda@L``; ``dsnot@L`` (Wanda + --refine dsnot); ``dsnot-h@L`` (+ --refine dsnot-h); a ``-attn``
-suffix refines attention projections only. The attention-only variant is not a prunelab option; this script
-wraps the engine's refinement call to skip layers whose name contains "mlp".
+suffix refines attention projections only; a ``-tok`` suffix measures DSnoT's error per token with the variance
+over all tokens (prunelab before 2026-11-27) instead of per calibration sequence with the within-sequence
+variance (the authors' code); ``~key=value`` after the name passes an option to the refinement
+(``dsnot~threshold=0.01@0.6``). The attention-only variant is not a prunelab option; this script wraps the
+engine's refinement call to skip layers whose name contains "mlp".
 """
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +30,7 @@ from prunelab.engine.sequential import PostSteps
 from prunelab.models.loading import DEFAULT_MODEL, load_model
 from prunelab.patterns import Pattern
 
-skip = {"fragment": None, "layer": ""}
+skip = {"fragment": None, "layer": "", "options": {}, "token_units": False}
 solve_weight, dsnot_refine = sequential.solve_weight, sequential.dsnot_refine
 
 
@@ -35,11 +42,14 @@ def solve_weight_named(dense, algorithm, stats, pattern, post, name="?"):
 def refine_unless_skipped(w_dense, w_pruned, stats, pattern, **options):
     if skip["fragment"] and skip["fragment"] in skip["layer"]:
         return w_pruned
-    return dsnot_refine(w_dense, w_pruned, stats, pattern, **options)
+    if skip["token_units"]:  # every token its own "sequence": per-token error, variance over all tokens
+        stats = dataclasses.replace(stats, n_samples=stats.n_tokens, seq_sum_sq=stats.mean_sum ** 2 / stats.n_tokens)
+    return dsnot_refine(w_dense, w_pruned, stats, pattern, **{**options, **skip["options"]})
 
 
 def main() -> int:
     variants, out = sys.argv[1].split(","), sys.argv[2]
+    split = sys.argv[3] if len(sys.argv) > 3 else "test"
     sequential.solve_weight, sequential.dsnot_refine = solve_weight_named, refine_unless_skipped
     model, tokenizer, _ = load_model(DEFAULT_MODEL)
     calibration, _ = calibration_data(tokenizer, CalibrationConfig(samples=64, seqlen=512, seed=0))
@@ -47,16 +57,19 @@ def main() -> int:
     results = {}
     for variant in variants:
         name, level = variant.split("@")
+        name, *options = name.split("~")
+        skip["options"] = {k: float(v) if k != "max_cycles" else int(v) for k, v in (o.split("=") for o in options)}
         _restore(model, snapshot)
-        skip["fragment"] = "mlp" if name.endswith("-attn") else None
-        refine = name.removesuffix("-attn") if name.startswith("dsnot") else None
+        skip["fragment"] = "mlp" if "-attn" in name else None
+        skip["token_units"] = "-tok" in name
+        refine = name.replace("-attn", "").replace("-tok", "") if name.startswith("dsnot") else None
         start = time.perf_counter()
         prune_model(model, get_algorithm("wanda"), Pattern(float(level), scope="row"), calibration, progress=False,
                     post=PostSteps(refine=refine))
         seconds = time.perf_counter() - start
-        ppl = prunelab.evaluate(model, tokenizer=tokenizer, data="wikitext2", seqlen=512, max_windows=128,
+        ppl = prunelab.evaluate(model, tokenizer=tokenizer, data="wikitext2", split=split, seqlen=512, max_windows=128,
                                 progress=False)["ppl"]
-        results[variant] = {"ppl": ppl, "prune_seconds": seconds}
+        results[variant] = {"ppl": ppl, "prune_seconds": seconds, "split": split}
         print(variant, ppl, round(seconds, 1), flush=True)
         with open(out, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -1,11 +1,13 @@
 """DSnoT (Zhang et al., ICLR 2024, arXiv 2310.08915): training-free mask refinement by pruning-and-growing.
 
 No weight value is changed, only which ones are kept: a revived weight gets back its dense value. Per output
-row r the expected reconstruction error (dense minus sparse output, in expectation over the calibration
-inputs) is
+row r the expected reconstruction error (dense minus sparse output over one calibration sequence of L tokens,
+in expectation) is
 
-    e_r = Σ_j (Ŵ_rj − W_rj) · E[x_j]          (Ŵ dense, W current sparse weight)
+    e_r = L · Σ_j (Ŵ_rj − W_rj) · E[x_j]          (Ŵ dense, W current sparse weight)
 
+The factor L (tokens per calibration sequence) is how the authors' code measures it (column sums over a
+sequence, averaged over sequences), so ``threshold`` means what their ``--update_threshold`` means.
 Each cycle, every row with |e_r| > ``threshold`` makes one swap, as the authors' code does it:
   grow   the next initially pruned j whose Ŵ_rj E[x_j] has the sign of e_r (reviving it moves e_r toward 0),
          in the order of |Ŵ_rj E[x_j]| / Var(x_j)^``var_power`` (a big expected reduction that varies little);
@@ -13,9 +15,10 @@ Each cycle, every row with |e_r| > ``threshold`` makes one swap, as the authors'
          also moves e_r toward 0), least Wanda importance |W_rk|·‖x_k‖₂ first; N:M: the least important weight
          still kept from the initial mask in the grown weight's group of M, so every group keeps its count.
 Grown weights are never pruned again and pruned ones never regrown (each candidate list is walked once). The
-row's count is kept exactly. A row stops for good when |e_r| ≤ ``threshold`` (absolute, as in the paper), after
-``max_cycles`` cycles, when a list runs out, or, with ``same_sign`` (the authors' choice for N:M), when a swap
-would flip the sign of e_r relative to its initial sign. Var(x_j) = E[x_j²] − E[x_j]² needs the "mean" statistic.
+row's count is kept exactly. A row stops for good when |e_r| ≤ ``threshold``, after ``max_cycles`` cycles, when
+a list runs out, or, with ``same_sign`` (the authors' choice for N:M), when a swap would flip the sign of e_r
+relative to its initial sign. Var(x_j) is the variance within a calibration sequence, averaged over sequences
+(again as the authors' code); it and E[x_j] need the "mean" statistic.
 
 ``hessian`` (our addition, the ``dsnot-h`` refinement): a swap is also rejected (and the row stops) unless it
 lowers the row's true reconstruction error (Ŵ_r − W_r) H (Ŵ_r − W_r)ᵀ, H = XᵀX; the mean-only error of the
@@ -45,10 +48,9 @@ def dsnot_refine(w_dense: torch.Tensor, w_pruned: torch.Tensor, stats: LayerStat
     wd = w_dense.double()
     w = w_pruned.double().clone()
     same_sign = pattern.is_nm if same_sign is None else same_sign
-    n = max(stats.n_tokens, 1)
-    mu = stats.column_mean().to(wd)
     sq = stats.column_sq_norm().to(wd)
-    var = (sq / n - mu ** 2).clamp_min(0)
+    mu = stats.column_mean().to(wd) * stats.tokens_per_sample()
+    var = stats.column_within_sample_var().to(wd)
     var = var.clamp_min(1e-12 * float(var.max().clamp_min(1e-30)))
     importance = w.abs() * sq.sqrt()[None, :]  # Wanda's score of the kept weights
     grow_gain = wd * mu[None, :]  # reviving j lowers e_r by this
