@@ -237,8 +237,9 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor, needs, d
         stats = _collect_stats(adapter, block, layers, inputs, call, needs, device)
         yield i, block, layers, stats
         del stats
-        with torch.no_grad():
-            for s in range(inputs.shape[0]):
-                outputs[s:s + 1] = adapter.run_block(block, inputs[s:s + 1].to(device), call).to(outputs.device)
+        if i + 1 < len(adapter.blocks):  # the last block's outputs would feed nothing
+            with torch.no_grad():
+                for s in range(inputs.shape[0]):
+                    outputs[s:s + 1] = adapter.run_block(block, inputs[s:s + 1].to(device), call).to(outputs.device)
         block.to(home)
         inputs, outputs = outputs, inputs
