@@ -31,7 +31,7 @@ from prunelab.patterns import Pattern
 
 RUNS = [("magnitude", "0.5"), ("wanda", "0.5"), ("wanda", "2:4"), ("sparsegpt", "0.5"), ("sparsegpt", "2:4"),
         ("sparsegpt", "0.7"), ("alps", "0.7"), ("alps", "2:4"), ("mama", "0.5"), ("wanda+dsnot", "0.6"),
-        ("wanda+refit", "0.5")]
+        ("wanda+dsnot-h", "0.6"), ("wanda+refit", "0.5")]
 
 
 def smollm2_shaped(layers: int, seed: int = 0):
@@ -119,8 +119,11 @@ def main() -> int:
     parser.add_argument("--out", default="cuda_check")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for part 2 (later runs are skipped)")
     parser.add_argument("--dry-run", action="store_true", help="CPU against CPU on tiny sizes (tries the script)")
+    parser.add_argument("--runs", help="only these, e.g. wanda+dsnot-h@0.6,alps@2:4 (default: all)")
     args = parser.parse_args()
     global GPU
+    if args.runs:
+        RUNS[:] = [tuple(r.rsplit("@", 1)) for r in args.runs.split(",")]
     if args.dry_run:
         GPU = "cpu"
     elif not torch.cuda.is_available():
@@ -157,8 +160,9 @@ def main() -> int:
             continue
         lines.append(f"| {r['method']} | {r['pattern']} | {r['seconds_cuda']:.1f} | {r['peak_cuda_bytes'] / 2**20:.0f} | "
                      f"{(r['one_block_bytes'] + r['calibration_activation_bytes']) / 2**20:.0f} |")
+    runs = f" --runs {args.runs}" if args.runs else ""
     lines += ["", f"Reproduce (on a CUDA machine, from the repository root): `PYTHONPATH=src python "
-              f"benchmarks/gpu/cuda_check.py --out DIR --budget {args.budget:g}`"]
+              f"benchmarks/gpu/cuda_check.py --out DIR --budget {args.budget:g}{runs}`"]
     (out / "cuda_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
