@@ -32,6 +32,11 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def label(key: tuple[str, float]) -> str:
+    method, level = key
+    return method if method == "dense" else f"{method} {level:g}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
@@ -55,7 +60,7 @@ def main() -> int:
         separate, separate_ppl = [], {}
         eval_flags = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128", "--quiet"]
         out = work / "dense.json"
-        separate.append(("dense", 0.0, timed([*CLI, "eval", args.model, *eval_flags, "--json", str(out)])))
+        separate.append((("dense", 0.0), 0.0, timed([*CLI, "eval", args.model, *eval_flags, "--json", str(out)])))
         separate_ppl[("dense", 0.0)] = json.loads(out.read_text())["ppl"]
         for method in args.methods.split(","):
             for level in args.levels.split(","):
@@ -63,8 +68,9 @@ def main() -> int:
                 t_prune = timed([*CLI, "prune", "--model", args.model, "--method", method, "--sparsity", level, *CALIB,
                                  "--seed", "0", "--out", str(folder), "--quiet"])
                 t_eval = timed([*CLI, "eval", str(folder), *eval_flags, "--json", str(out)])
-                separate.append((f"{method} {level}", t_prune, t_eval))
-                separate_ppl[(method, round(float(level), 6))] = json.loads(out.read_text())["ppl"]
+                key = (method, round(float(level), 6))
+                separate.append((key, t_prune, t_eval))
+                separate_ppl[key] = json.loads(out.read_text())["ppl"]
                 shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -76,9 +82,9 @@ def main() -> int:
     floor = sum(p + e for p, e in inside.values())
     from prunelab.record import host_description, package_versions
     result = {"methods": args.methods, "levels": args.levels, "sweep_seconds": sweep_seconds,
-              "separate_seconds": {name: {"prune": tp, "eval": te} for name, tp, te in separate},
+              "separate_seconds": {label(k): {"prune": tp, "eval": te} for k, tp, te in separate},
               "separate_total_seconds": total, "ratio": sweep_seconds / total,
-              "sweep_inside_runs_seconds": {f"{m} {lv}": {"prune": p, "eval": e} for (m, lv), (p, e) in inside.items()},
+              "sweep_inside_runs_seconds": {label(k): {"prune": p, "eval": e} for k, (p, e) in inside.items()},
               "floor_seconds": floor, "floor_ratio": floor / total,
               "identical_perplexities": same, "sweep_ppl": {f"{m} {lv}": p for (m, lv), p in sweep_ppl.items()},
               "separate_ppl": {f"{m} {lv}": p for (m, lv), p in separate_ppl.items()},
@@ -91,10 +97,9 @@ def main() -> int:
              f"{result['host']['cpu_count']} CPUs, torch {result['versions']['torch']}, {result['date']}.", "",
              "| run | one by one: prune s | one by one: eval s | inside the sweep: prune s | inside the sweep: eval s |",
              "|---|---|---|---|---|"]
-    for name, tp, te in separate:
-        method, _, level = name.partition(" ")
-        p, e = inside.get((method, round(float(level or 0), 6)), (float("nan"), float("nan")))
-        lines.append(f"| {name} | {tp:.1f} | {te:.1f} | {p:.1f} | {e:.1f} |")
+    for key, tp, te in separate:
+        p, e = inside.get(key, (float("nan"), float("nan")))
+        lines.append(f"| {label(key)} | {tp:.1f} | {te:.1f} | {p:.1f} | {e:.1f} |")
     lines += [f"| **total** | **{total:.1f}** (both) | | **{floor:.1f}** (both) | |", "",
               f"`prunelab sweep` of the same runs: **{sweep_seconds:.1f} s = {result['ratio']:.3f} x** the one-by-one total.",
               f"Perplexities identical on both sides: {same}.", "",

@@ -30,21 +30,21 @@ from prunelab.engine.sequential import PostSteps
 from prunelab.models.loading import DEFAULT_MODEL, load_model
 from prunelab.patterns import Pattern
 
-skip = {"fragment": None, "layer": "", "options": {}, "token_units": False}
+variant_settings = {"fragment": None, "layer": "", "options": {}, "token_units": False}
 solve_weight, dsnot_refine = sequential.solve_weight, sequential.dsnot_refine
 
 
 def solve_weight_named(dense, algorithm, stats, pattern, post, name="?"):
-    skip["layer"] = name
+    variant_settings["layer"] = name
     return solve_weight(dense, algorithm, stats, pattern, post, name)
 
 
 def refine_unless_skipped(w_dense, w_pruned, stats, pattern, **options):
-    if skip["fragment"] and skip["fragment"] in skip["layer"]:
+    if variant_settings["fragment"] and variant_settings["fragment"] in variant_settings["layer"]:
         return w_pruned
-    if skip["token_units"]:  # every token its own "sequence": per-token error, variance over all tokens
+    if variant_settings["token_units"]:  # every token its own "sequence": per-token error, variance over all tokens
         stats = dataclasses.replace(stats, n_samples=stats.n_tokens, seq_sum_sq=stats.mean_sum ** 2 / stats.n_tokens)
-    return dsnot_refine(w_dense, w_pruned, stats, pattern, **{**options, **skip["options"]})
+    return dsnot_refine(w_dense, w_pruned, stats, pattern, **{**options, **variant_settings["options"]})
 
 
 def main() -> int:
@@ -58,10 +58,11 @@ def main() -> int:
     for variant in variants:
         name, level = variant.split("@")
         name, *options = name.split("~")
-        skip["options"] = {k: float(v) if k != "max_cycles" else int(v) for k, v in (o.split("=") for o in options)}
+        variant_settings["options"] = {k: int(v) if k == "max_cycles" else float(v)
+                                       for k, v in (o.split("=") for o in options)}
         _restore(model, snapshot)
-        skip["fragment"] = "mlp" if "-attn" in name else None
-        skip["token_units"] = "-tok" in name
+        variant_settings["fragment"] = "mlp" if "-attn" in name else None
+        variant_settings["token_units"] = "-tok" in name
         refine = name.replace("-attn", "").replace("-tok", "") if name.startswith("dsnot") else None
         start = time.perf_counter()
         prune_model(model, get_algorithm("wanda"), Pattern(float(level), scope="row"), calibration, progress=False,

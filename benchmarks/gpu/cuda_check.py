@@ -44,9 +44,6 @@ def smollm2_shaped(layers: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-GPU = "cuda"  # --dry-run: "cpu", to try this script on a machine without a GPU
-
-
 def prune(model, spec: str, level: str, tokens: torch.Tensor, device: str):
     name, post = parse_method_spec(spec)
     algorithm = get_algorithm(name)
@@ -67,18 +64,18 @@ def weights(model) -> list[torch.Tensor]:
     return [adapter.get_weight(layer).detach().float().cpu() for _, layer in adapter.named_prunable_layers()]
 
 
-def parity(tokens_small: torch.Tensor, probe: torch.Tensor, layers: int = 4) -> list[dict]:
+def parity(runs, gpu: str, tokens_small: torch.Tensor, probe: torch.Tensor, layers: int = 4) -> list[dict]:
     base = smollm2_shaped(layers)
     rows = []
-    for spec, level in RUNS:
+    for spec, level in runs:
         sides = {}
-        for device in ("cpu", GPU):
+        for device in ("cpu", gpu):
             model = copy.deepcopy(base)
             reports, seconds = prune(model, spec, level, tokens_small, device)
             with torch.no_grad():
                 logits = model(input_ids=probe).logits.double()
             sides[device] = (weights(model), reports, seconds, logits)
-        (w_cpu, r_cpu, t_cpu, l_cpu), (w_gpu, r_gpu, t_gpu, l_gpu) = sides["cpu"], sides[GPU]
+        (w_cpu, r_cpu, t_cpu, l_cpu), (w_gpu, r_gpu, t_gpu, l_gpu) = sides["cpu"], sides[gpu]
         total = sum(w.numel() for w in w_cpu)
         flips = sum(int(((a == 0) != (b == 0)).sum()) for a, b in zip(w_cpu, w_gpu))
         errors = [(a.reconstruction_error, b.reconstruction_error) for a, b in zip(r_cpu, r_gpu)
@@ -95,20 +92,20 @@ def parity(tokens_small: torch.Tensor, probe: torch.Tensor, layers: int = 4) -> 
     return rows
 
 
-def full_size(tokens: torch.Tensor, budget_s: float, layers: int = 30) -> list[dict]:
+def full_size(runs, gpu: str, tokens: torch.Tensor, budget_s: float, layers: int = 30) -> list[dict]:
     base = smollm2_shaped(layers)
     block = ModelAdapter(base).blocks[0]
     block_bytes = sum(p.numel() * p.element_size() for p in block.parameters())
     activation_bytes = tokens.numel() * base.config.hidden_size * 4
     rows, started = [], time.perf_counter()
-    for spec, level in RUNS:
+    for spec, level in runs:
         if time.perf_counter() - started > budget_s:
             rows.append({"method": spec, "pattern": level, "skipped": "time budget of this check spent"})
             continue
         model = copy.deepcopy(base)
-        _, seconds = prune(model, spec, level, tokens, GPU)
+        _, seconds = prune(model, spec, level, tokens, gpu)
         rows.append({"method": spec, "pattern": level, "seconds_cuda": seconds,
-                     "peak_cuda_bytes": torch.cuda.max_memory_allocated() if GPU == "cuda" else 0,
+                     "peak_cuda_bytes": torch.cuda.max_memory_allocated() if gpu == "cuda" else 0,
                      "one_block_bytes": block_bytes, "calibration_activation_bytes": activation_bytes})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -121,12 +118,9 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU against CPU on tiny sizes (tries the script)")
     parser.add_argument("--runs", help="only these, e.g. wanda+dsnot-h@0.6,alps@2:4 (default: all)")
     args = parser.parse_args()
-    global GPU
-    if args.runs:
-        RUNS[:] = [tuple(r.rsplit("@", 1)) for r in args.runs.split(",")]
-    if args.dry_run:
-        GPU = "cpu"
-    elif not torch.cuda.is_available():
+    runs = [tuple(r.rsplit("@", 1)) for r in args.runs.split(",")] if args.runs else RUNS
+    gpu = "cpu" if args.dry_run else "cuda"  # --dry-run: the "GPU" side is the CPU again
+    if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: this check runs only on a GPU machine (--dry-run tries it on the CPU)", file=sys.stderr)
         return 2
     gen = torch.Generator().manual_seed(0)
@@ -137,8 +131,8 @@ def main() -> int:
     from prunelab.record import host_description, package_versions
     result = {"host": host_description(), "versions": package_versions(), "threads": torch.get_num_threads(),
               "tf32": torch.backends.cuda.matmul.allow_tf32, "dry_run": args.dry_run,
-              "parity": parity(small, probe, 2 if args.dry_run else 4),
-              "full_size": full_size(full, args.budget, 2 if args.dry_run else 30)}
+              "parity": parity(runs, gpu, small, probe, 2 if args.dry_run else 4),
+              "full_size": full_size(runs, gpu, full, args.budget, 2 if args.dry_run else 30)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cuda_check.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -160,9 +154,9 @@ def main() -> int:
             continue
         lines.append(f"| {r['method']} | {r['pattern']} | {r['seconds_cuda']:.1f} | {r['peak_cuda_bytes'] / 2**20:.0f} | "
                      f"{(r['one_block_bytes'] + r['calibration_activation_bytes']) / 2**20:.0f} |")
-    runs = f" --runs {args.runs}" if args.runs else ""
+    only = f" --runs {args.runs}" if args.runs else ""
     lines += ["", f"Reproduce (on a CUDA machine, from the repository root): `PYTHONPATH=src python "
-              f"benchmarks/gpu/cuda_check.py --out DIR --budget {args.budget:g}{runs}`"]
+              f"benchmarks/gpu/cuda_check.py --out DIR --budget {args.budget:g}{only}`"]
     (out / "cuda_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
