@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from .models.loading import DEFAULT_MODEL
+
+# Subcommands defined in prunelab/commands/<name>.py (one module each, so adding one touches one line here).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _method_options(pairs: list[str]) -> dict:
@@ -57,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_prune)
 
     c = sub.add_parser("compare-layers", help="reconstruction error of several methods per layer, same activations")
     c.add_argument("--model", default=DEFAULT_MODEL)
@@ -74,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder for layers.json and layers.md (rerun the same command "
                    "to resume an interrupted comparison: finished blocks are kept in layers.partial.jsonl)")
     c.add_argument("--quiet", action="store_true")
+    c.set_defaults(handler=_compare)
 
     w = sub.add_parser("sweep", help="run methods x levels x patterns into a results store (resumable)")
     w.add_argument("--config", help="sweep file (.yaml/.toml) with the same settings; flags given override it")
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device")
     w.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     w.add_argument("--quiet", action="store_true", help="no per-block progress bars (the per-run lines stay)")
+    w.set_defaults(handler=_sweep)
 
     r = sub.add_parser("report", help="render a results store as report.md and a self-contained report.html")
     r.add_argument("--store", required=True)
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", help="only these methods (comma list)")
     r.add_argument("--models", help="only these models (comma list)")
     r.add_argument("--title")
+    r.set_defaults(handler=_report)
 
     e = sub.add_parser("eval", help="perplexity, zero-shot tasks (lm-evaluation-harness conventions) and samples")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL)
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--json", help="write the result to this JSON file")
     e.add_argument("--quiet", action="store_true")
+    e.set_defaults(handler=_eval)
 
     g = sub.add_parser("generate", help="greedy, deterministic continuations of a fixed prompt set")
     g.add_argument("model", nargs="?", default=DEFAULT_MODEL)
@@ -137,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device")
     g.add_argument("--json", help="write the samples to this JSON file")
     g.add_argument("--quiet", action="store_true")
+    g.set_defaults(handler=_generate)
+
+    # Further commands live in their own modules: each has add_parser(sub) that sets its handler.
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"prunelab.commands.{module}").add_parser(sub)
     return parser
 
 
@@ -317,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv)
     try:
-        return {"prune": _prune, "eval": _eval, "compare-layers": _compare, "sweep": _sweep,
-                "report": _report, "generate": _generate}[args.command](args)
+        return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"prunelab: error: {exc}", file=sys.stderr)
         return 2
