@@ -115,8 +115,9 @@ def test_compare_layers_reports_each_method_and_its_optimum(tmp_path, corpus_fil
                  "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
     rows = json.loads((tmp_path / "cmp" / "layers.json").read_text())["rows"]
     assert len(rows) == 2 * 7 * 7  # blocks x layers x methods
-    for r in rows:
-        assert r["optimum_error"] <= r["error"] * (1 + 1e-6) + 1e-9, r
+    for r in rows:  # the optimum is the lower of PCG's answer and the best candidate on the row's support, and
+        # every error is evaluated the same way (float64), so no candidate can beat its own support's optimum
+        assert r["optimum_error"] <= r["error"], r
     by = {(r["block"], r["layer"], r["method"]): r for r in rows}
     for r in rows:
         if r["method"] == "magnitude+refit":

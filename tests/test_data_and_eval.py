@@ -30,7 +30,7 @@ def test_other_local_corpora_load():
     assert len(load_corpus("ptb", "valid").rows) == 3370
     assert len(load_corpus("c4", "train").rows) == 1000
     with pytest.raises(ValueError, match="splits"):
-        load_corpus("c4", "validation")
+        load_corpus("ptb", "train2")
 
 
 class CharTokenizer:

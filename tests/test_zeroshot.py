@@ -351,6 +351,8 @@ def test_hf_source_maps_the_harness_datasets(monkeypatch):
     fake = types.ModuleType("datasets")
     fake.load_dataset = lambda path, name=None, split=None: rows[(path, name, split)]
     monkeypatch.setitem(sys.modules, "datasets", fake)
+    from prunelab.data import hub
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda: None)  # no network in CI: the fake answers
     arc = load_task("arc_easy", source="hf")
     assert arc.items[0].pairs() == [("Question: Why?\nAnswer:", " a"), ("Question: Why?\nAnswer:", " b")]
     assert arc.items[0].gold == 1 and arc.source == "hf:allenai/ai2_arc"

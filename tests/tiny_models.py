@@ -14,6 +14,14 @@ CONFIGS = {
                                     num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128),
     "qwen3": lambda: tf.Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                     num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, max_position_embeddings=128),
+    "smollm3": lambda: tf.SmolLM3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                        max_position_embeddings=128, no_rope_layer_interval=2, pad_token_id=0),
+    "phi3": lambda: tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128,
+                                  pad_token_id=0),
+    "gemma": lambda: tf.GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, max_position_embeddings=128),
     "gemma2": lambda: tf.Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                                       num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, max_position_embeddings=128,
                                       sliding_window=6, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
@@ -66,3 +74,17 @@ def save_tiny_folder(name: str, path, vocab: int = 300):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def assert_fp32_sums_close(got: torch.Tensor, terms_a: torch.Tensor, terms_b: torch.Tensor | None = None):
+    """``got`` is a float32 ``aᵀb`` (or column sums of ``a`` when ``b`` is None) accumulated in any order or blocking.
+
+    Compared with the float64 result under the worst-case rounding bound for a sum of n products,
+    |error| ≤ γ_{n+1} · Σ|a_i b_i| with γ_k = k·u / (1 − k·u), u = 2⁻²⁴ (Higham, Accuracy and Stability of Numerical
+    Algorithms, §3.1): a tolerance that holds on every CPU and BLAS, not one that one machine happened to give.
+    """
+    a = terms_a.double()
+    exact = a.sum(0) if terms_b is None else a.T @ terms_b.double()
+    magnitude = a.abs().sum(0) if terms_b is None else a.abs().T @ terms_b.double().abs()
+    k = (a.shape[0] + 1) * 2.0 ** -24
+    assert ((got.double() - exact).abs() <= k / (1 - k) * magnitude).all()

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from .config import DEFAULT_EVAL_SEQLEN, CalibrationConfig, PruneConfig
-from .data import calibration_segments, evaluation_windows, load_corpus, tensor_sha256, tokenize_stream
+from .data import Corpus, calibration_segments, corpus_windows, load_corpus, tensor_sha256
 from .engine import prune_model
 from .eval import perplexity
-from .export import check_output_dir, read_record, save_pruned
+from .export import RECORD_NAME, check_output_dir, read_record, save_pruned, write_json
 from .models import DEFAULT_MODEL, ModelAdapter, load_model
 from .record import host_description, package_versions, peak_rss_bytes, timestamp
 
@@ -49,12 +49,13 @@ def sparsity_summary(model) -> dict:
             "total_params": params, "nonzero_params": nonzero}
 
 
-def calibration_data(tokenizer, calib: CalibrationConfig) -> tuple[torch.Tensor, dict]:
-    corpus = load_corpus(calib.corpus, calib.split)
+def calibration_data(tokenizer, calib: CalibrationConfig, corpus: Corpus | None = None) -> tuple[torch.Tensor, dict]:
+    """The calibration token ids and what the record says of them; ``corpus`` if already loaded."""
+    corpus = corpus or load_corpus(calib.corpus, calib.split)
     segments = calibration_segments(tokenizer, corpus, calib.samples, calib.seqlen, calib.seed)
     info = {"corpus": calib.corpus, "split": calib.split, "source": corpus.source, "data_sha256": corpus.sha256,
             "samples": calib.samples, "seqlen": calib.seqlen, "seed": calib.seed,
-            "tokens_sha256": tensor_sha256(segments)}
+            "tokens_sha256": tensor_sha256(segments), "provenance": corpus.provenance}
     return segments, info
 
 
@@ -63,13 +64,19 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
           progress: bool = True, **config_fields) -> PruneResult:
     """Load, calibrate, prune and (with ``out``) save a model; optionally evaluate its perplexity.
 
-    ``prune(method="wanda", sparsity=0.5)`` builds the PruneConfig from keyword arguments.
+    ``prune(method="wanda", sparsity=0.5)`` builds the PruneConfig from keyword arguments. Every input (output
+    folder, calibration and evaluation corpora) is checked, and downloaded if needed, before the model is loaded;
+    the pruned model is saved before it is evaluated, so an evaluation failure never loses a finished prune.
     """
     config = config or PruneConfig(**config_fields)
     if out is not None:
         check_output_dir(out, force)
     pattern = config.pattern_obj()
     algorithm = config.algorithm()
+    log = lambda message: _log(progress, message)  # noqa: E731
+    calib_corpus = (load_corpus(config.calibration.corpus, config.calibration.split, log=log)
+                    if config.needs_calibration else None)
+    eval_corpus = load_corpus(eval_data, log=log) if eval_data else None
     started = time.perf_counter()
     model, tokenizer, source = load_model(config.model, config.dtype, config.trust_remote_code)
     load_seconds = time.perf_counter() - started
@@ -79,8 +86,9 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
     calibration, calib_info = None, None
     if config.needs_calibration:
         calib = config.calibration
-        _log(progress, f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.corpus}/{calib.split}, seed {calib.seed}")
-        calibration, calib_info = calibration_data(tokenizer, calib)
+        _log(progress, f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.corpus}/{calib.split} "
+                       f"({calib_corpus.source}), seed {calib.seed}")
+        calibration, calib_info = calibration_data(tokenizer, calib, calib_corpus)
     _log(progress, f"pruning with {config.method}, {pattern.describe()}, on {config.device}")
     start = time.perf_counter()
     layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
@@ -109,44 +117,53 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         "versions": package_versions(),
         "host": host_description(),
     }
-    if eval_data:
-        record["eval"] = {eval_data: evaluate(model, tokenizer=tokenizer, data=eval_data, seqlen=eval_seqlen,
-                                              max_windows=eval_windows, progress=progress)}
     result = PruneResult(model, tokenizer, record)
     if out is not None:
         result.out = save_pruned(model, tokenizer, out, record, force=force)
         _log(progress, f"saved to {result.out}")
+    if eval_corpus is not None:
+        try:
+            record["eval"] = {eval_data: evaluate(model, tokenizer=tokenizer, data=eval_corpus, seqlen=eval_seqlen,
+                                                  max_windows=eval_windows, progress=progress)}
+        except BaseException:
+            if result.out is not None:
+                _log(True, f"evaluation failed; the pruned model is saved in {result.out} "
+                           f"(evaluate it again with: prunelab eval {result.out} --data {eval_data})")
+            raise
+        if result.out is not None:
+            write_json(result.out / RECORD_NAME, record)
     return result
 
 
-def evaluate(model, *, tokenizer=None, data: str | None = "wikitext2", split: str = "test", seqlen: int | None = None,
+def evaluate(model, *, tokenizer=None, data: str | Corpus | None = "wikitext2", split: str = "test",
+             seqlen: int | None = None,
              max_windows: int | None = None, batch_size: int = 1, dtype: str = "float32",
              device: str | None = None, progress: bool = True, tasks: list[str] | str | None = None,
              limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
              prompts: list[str] | None = None, task_batch_size: int = 32, data_dir: str | Path | None = None,
-             details: bool = False, share_context: bool | None = None, task_source: str = "local") -> dict:
+             details: bool = False, share_context: bool | None = None, task_source: str = "auto") -> dict:
     """Evaluate ``model`` (a loaded model with ``tokenizer``, or anything ``load_model`` accepts); one dict back.
 
-    - ``data`` (default wikitext2; None skips it): perplexity, its keys at the top level ("ppl", "seqlen", ...).
+    - ``data`` (default wikitext2; a Corpus already loaded; None skips it): perplexity, its keys at the top level
+      ("ppl", "seqlen", ...). For c4 the split "test" means validation (C4 has no test split).
     - ``tasks`` ("all", "piqa,arc_easy" or a list): zero-shot tasks scored as lm-evaluation-harness does, under
       "tasks": {name: {...}}; ``limit`` keeps the first N items of each task; ``task_batch_size`` sequences per
       forward pass; ``details`` adds per-item log-likelihoods; ``share_context`` (default: where the model family
-      allows) runs each context once for all its choices (same numbers up to float rounding); ``task_source="hf"``
-      reads the Hugging Face datasets the harness uses instead of the local copies (needs network).
+      allows) runs each context once for all its choices (same numbers up to float rounding); ``task_source``:
+      "auto" reads the local copies where present, else the Hugging Face datasets the harness uses; "local" or
+      "hf" force one.
+    Every input is found (or downloaded) before the model is loaded.
     - ``generate``: greedy continuations of the fixed prompt set (or ``prompts``) under "samples".
     """
     from .eval.generation import DEFAULT_MAX_NEW_TOKENS, PROMPT_SET_VERSION, generate_samples
-    from .eval.tasks import check_task_files, resolve_task_names
+    from .eval.tasks import load_task, resolve_task_names
     from .eval.zeroshot import build_requests, score_tasks
 
     task_names = resolve_task_names(tasks) if tasks else []
-    if task_names:
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of items, got {limit}")
-        if task_source == "local":
-            check_task_files(task_names, data_dir)
-    if data is None and not task_names and not generate:
+    if data is None and not task_names and not generate and not prompts:
         raise ValueError("nothing to evaluate: give data (perplexity), tasks, or generate=True")
+    corpus = load_corpus(data, split, log=lambda m: _log(progress, m)) if isinstance(data, str) else data
+    task_data = [load_task(t, limit=limit, data_dir=data_dir, source=task_source) for t in task_names]
     name = None
     if isinstance(model, (str, Path)):
         name = str(model)
@@ -156,11 +173,10 @@ def evaluate(model, *, tokenizer=None, data: str | None = "wikitext2", split: st
     if tokenizer is None:
         raise ValueError("evaluate() needs the tokenizer when given a loaded model")
     result: dict = {}
-    if data is not None:
-        result = _perplexity_result(model, tokenizer, name, data, split, seqlen, max_windows, batch_size, progress)
+    if corpus is not None:
+        result = _perplexity_result(model, tokenizer, name, corpus, seqlen, max_windows, batch_size, progress)
     if task_names:
-        requests = [build_requests(tokenizer, t, limit=limit, data_dir=data_dir, source=task_source)
-                    for t in task_names]
+        requests = [build_requests(tokenizer, t) for t in task_data]
         result["tasks"] = score_tasks(model, requests, batch_size=task_batch_size, progress=progress, details=details,
                                       share_context=share_context)
         result["task_protocol"] = {"limit": limit, "num_fewshot": 0, "batch_size": task_batch_size,
@@ -180,16 +196,16 @@ def evaluate(model, *, tokenizer=None, data: str | None = "wikitext2", split: st
     return result
 
 
-def _perplexity_result(model, tokenizer, name, data, split, seqlen, max_windows, batch_size, progress) -> dict:
+def _perplexity_result(model, tokenizer, name, corpus: Corpus, seqlen, max_windows, batch_size, progress) -> dict:
     if seqlen is None:
         seqlen = DEFAULT_EVAL_SEQLEN.get(name, 2048) if name else 2048
         seqlen = min(seqlen, getattr(model.config, "max_position_embeddings", seqlen) or seqlen)
-    corpus = load_corpus(data, split)
-    windows = evaluation_windows(tokenize_stream(tokenizer, corpus), seqlen, max_windows)
+    windows = corpus_windows(tokenizer, corpus, seqlen, max_windows)
     start = time.perf_counter()
     result = perplexity(model, windows, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    result.update({"data": data, "split": split, "data_sha256": corpus.sha256,
+    result.update({"data": corpus.name, "split": corpus.split, "data_sha256": corpus.sha256,
+                   "data_provenance": corpus.provenance,
                    "windows_sha256": tensor_sha256(windows), "max_windows": max_windows, "seconds": seconds,
                    "tokens_per_second": result["tokens"] / seconds if seconds > 0 else None})
     if name is not None:
@@ -234,8 +250,10 @@ def compare_layers(methods: list[str], *, model: str | None = None, sparsity: fl
                              refine=post.refine, refit=post.refit)
         configs.append(config)
         entries.append((spec, config.algorithm(), config.pattern_obj(), post))
+    calib = configs[0].calibration
+    corpus = load_corpus(calib.corpus, calib.split, log=lambda m: _log(progress, m))  # before the model load
     loaded, tokenizer, source = load_model(configs[0].model)
-    segments, calib_info = calibration_data(tokenizer, configs[0].calibration)
+    segments, calib_info = calibration_data(tokenizer, calib, corpus)
     start = time.perf_counter()
     header = {"methods": methods, "pattern": configs[0].pattern_obj().to_dict(), "model": source.identity,
               "calibration_tokens": calib_info["tokens_sha256"]}

@@ -9,7 +9,7 @@ import sys
 from .models.loading import DEFAULT_MODEL
 
 # Subcommands defined in prunelab/commands/<name>.py (one module each, so adding one touches one line here).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("data",)
 
 
 def _method_options(pairs: list[str]) -> dict:
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record per-layer reconstruction error (default: whenever calibration runs anyway)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="add (W_dense - W)·E[x] to layer biases (default: the method's; MAMA: on)")
-    p.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, or a .txt/.jsonl file)")
+    p.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, a .txt/.jsonl file or "
+                   "hf:DATASET[:CONFIG][?data_files=...&revision=...]); read locally if present, else from the Hub")
     p.add_argument("--calib-split", default=None, help="default: train for c4, validation otherwise")
     p.add_argument("--calib-samples", type=int, help="segments (default 64 for the embedded model, else 128)")
     p.add_argument("--calib-seqlen", type=int, help="tokens per segment (default 512 for the embedded model, else 2048)")
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="compute device for one block at a time (default: cuda if available)")
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (layer math is fp32 regardless)")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--eval", dest="eval_data", help="also report perplexity on this corpus (e.g. wikitext2)")
+    p.add_argument("--eval", dest="eval_data", help="also report perplexity on this corpus (wikitext2, ptb, c4, a file "
+                   "or hf:...); the model is saved before it is evaluated")
     p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--eval-windows", type=int, help="evaluate only the first K windows")
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
@@ -116,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity, zero-shot tasks (lm-evaluation-harness conventions) and samples")
     e.add_argument("model", nargs="?", default=DEFAULT_MODEL)
-    e.add_argument("--data", help="perplexity corpus (default wikitext2, or none when --tasks/--generate are given)")
-    e.add_argument("--split", default="test")
+    e.add_argument("--data", help="perplexity corpus: wikitext2, ptb, c4 (validation, SparseGPT's rule), a .txt/.jsonl "
+                   "file or hf:DATASET (default wikitext2, or none when --tasks/--generate are given)")
+    e.add_argument("--split", default="test", help="default test (for c4: validation, which has no test split)")
     e.add_argument("--seqlen", type=int, help="window length (default 2048; 512 for the embedded model)")
     e.add_argument("--max-windows", type=int)
     e.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward pass")
@@ -126,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="score only the first N items of each task (file order, like the harness)")
     e.add_argument("--task-batch-size", type=int, default=32, help="task sequences per forward pass (default 32)")
     e.add_argument("--details", action="store_true", help="keep per-item log-likelihoods in the JSON")
-    e.add_argument("--task-source", choices=["local", "hf"], default="local",
-                   help="task data: the local copies (default) or the Hugging Face datasets the harness reads")
+    e.add_argument("--task-source", choices=["auto", "local", "hf"], default="auto",
+                   help="task data: the local copies where present, else the Hugging Face datasets the harness "
+                   "reads (auto, default); or force one")
     e.add_argument("--no-context-sharing", action="store_true",
                    help="score every choice as its own sequence (default: run a shared context once per item)")
     e.add_argument("--generate", action="store_true", help="add greedy continuations of the fixed prompt set")
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as exc:
         print(f"prunelab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

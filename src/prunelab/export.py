@@ -18,6 +18,11 @@ def check_output_dir(out: str | Path, force: bool) -> Path:
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {out}: {parent} is not a writable folder")
     return out
 
 

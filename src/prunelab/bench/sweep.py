@@ -180,25 +180,25 @@ def size_summary(model) -> dict:
 class Evaluator:
     """Everything a sweep measures on a model, with the inputs prepared once."""
 
-    def __init__(self, model_name: str, model, tokenizer, protocol: EvalProtocol):
-        from ..data import evaluation_windows, load_corpus, tensor_sha256, tokenize_stream
+    def __init__(self, model_name: str, model, tokenizer, protocol: EvalProtocol, inputs: dict | None = None):
+        """``inputs``: what :func:`evaluation_inputs` loaded (loaded here if not given)."""
+        from ..data import corpus_windows, tensor_sha256
 
+        corpora, task_data = inputs or evaluation_inputs(protocol)
         self.protocol = protocol
         seqlen = protocol.seqlen or DEFAULT_EVAL_SEQLEN.get(model_name, 2048)
         seqlen = min(seqlen, getattr(model.config, "max_position_embeddings", seqlen) or seqlen)
         self.seqlen = seqlen
         self.windows, self.identity = {}, {"protocol": dataclasses.asdict(protocol), "seqlen": seqlen, "data": {}}
-        for corpus_name in protocol.perplexity:
-            corpus = load_corpus(corpus_name, protocol.split)
-            windows = evaluation_windows(tokenize_stream(tokenizer, corpus), seqlen, protocol.windows)
+        for corpus_name, corpus in corpora.items():
+            windows = corpus_windows(tokenizer, corpus, seqlen, protocol.windows)
             self.windows[corpus_name] = windows
             self.identity["data"][corpus_name] = {"sha256": corpus.sha256, "windows_sha256": tensor_sha256(windows)}
         self.task_requests = None
         if protocol.tasks:
             from ..eval import zeroshot
 
-            self.task_requests = [zeroshot.build_requests(tokenizer, task, limit=protocol.task_limit)
-                                  for task in protocol.tasks]
+            self.task_requests = [zeroshot.build_requests(tokenizer, task) for task in task_data]
             self.identity["tasks"] = {r.name: r.identity() for r in self.task_requests}
         self.tokenizer = tokenizer
 
@@ -222,6 +222,15 @@ class Evaluator:
 
             metrics["samples"] = generation.generate_samples(model, self.tokenizer)
         return metrics, problem
+
+
+def evaluation_inputs(protocol: EvalProtocol, log=None) -> tuple[dict, list]:
+    """The protocol's perplexity corpora and task data, found locally or downloaded (no model needed)."""
+    from ..data import load_corpus
+    from ..eval.tasks import load_task
+
+    corpora = {name: load_corpus(name, protocol.split, log=log) for name in protocol.perplexity}
+    return corpora, [load_task(task, limit=protocol.task_limit) for task in protocol.tasks]
 
 
 def _fmt_seconds(s: float) -> str:
@@ -258,11 +267,16 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
         left = sum((sum(timings[m]) / len(timings[m])) if m in timings else mean for m in remaining)
         return f"ETA {_fmt_seconds(left)}"
 
+    # Every input is found (or downloaded) before the first model load, so a missing corpus fails in seconds.
+    from ..data import load_corpus
+    calib_corpora = {c: load_corpus(c.corpus, c.split, log=log) for c in dict.fromkeys(
+        spec.config.calibration for spec in all_runs if spec.config.needs_calibration)}
+    eval_inputs = evaluation_inputs(config.evaluation, log=log)
     for model_name in config.models:
         model, tokenizer, source = load_model(model_name, config.dtype)
         model_identity = {"kind": source.kind, **{k: v for k, v in source.identity.items() if k != "path"}}
         snapshot = _parameter_snapshot(model)
-        evaluator = Evaluator(model_name, model, tokenizer, config.evaluation)
+        evaluator = Evaluator(model_name, model, tokenizer, config.evaluation, eval_inputs)
         runs = [r for r in all_runs if r.config.model == model_name]
         host = host_description()
 
@@ -320,8 +334,10 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
             calib_identity = None
             if cfg.needs_calibration:
                 if cfg.calibration not in calibration_cache:
-                    calibration_cache[cfg.calibration] = calibration_data(tokenizer, cfg.calibration)
-                calib_identity = calibration_cache[cfg.calibration][1]
+                    calibration_cache[cfg.calibration] = calibration_data(tokenizer, cfg.calibration,
+                                                                          calib_corpora[cfg.calibration])
+                # where the corpus was read from is recorded, but does not decide the result (its checksum does)
+                calib_identity = {k: v for k, v in calibration_cache[cfg.calibration][1].items() if k != "provenance"}
             prune_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "device")}
             identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
                         "algorithm_options": algorithm.options(), "calibration": calib_identity,
@@ -342,7 +358,8 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
                 if errors:
                     metrics["mean_reconstruction_error"] = sum(errors) / len(errors)
                 record = {"prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "config": cfg.to_dict(),
-                          "algorithm_options": algorithm.options(), "calibration": calib_identity}
+                          "algorithm_options": algorithm.options(),
+                          "calibration": calibration_cache[cfg.calibration][1] if cfg.needs_calibration else None}
                 if config.save_dir:
                     from ..export import save_pruned
                     out = Path(config.save_dir) / f"{spec.method}-{spec.describe().split()[-1].replace(':', 'of')}"

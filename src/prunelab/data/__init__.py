@@ -1,5 +1,6 @@
-from .calibration import calibration_segments, evaluation_windows, tensor_sha256, tokenize_stream
-from .corpora import LOCAL_CORPORA, Corpus, data_dir, load_corpus
+from .calibration import calibration_segments, corpus_windows, evaluation_windows, tensor_sha256, tokenize_stream
+from .corpora import CORPORA, LOCAL_CORPORA, Corpus, data_dir, ensure_corpus, load_corpus
+from .hub import DataUnavailableError
 
-__all__ = ["calibration_segments", "evaluation_windows", "tensor_sha256", "tokenize_stream", "LOCAL_CORPORA",
-           "Corpus", "data_dir", "load_corpus"]
+__all__ = ["calibration_segments", "corpus_windows", "evaluation_windows", "tensor_sha256", "tokenize_stream",
+           "CORPORA", "LOCAL_CORPORA", "Corpus", "data_dir", "ensure_corpus", "load_corpus", "DataUnavailableError"]

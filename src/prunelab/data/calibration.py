@@ -8,10 +8,6 @@ import torch
 
 from .corpora import Corpus
 
-# Corpora that are one running text (no document boundaries worth keeping): sample windows from the stream.
-STREAM_CORPORA = ("wikitext2", "ptb")
-
-
 def tensor_sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()
 
@@ -26,13 +22,13 @@ def calibration_segments(tokenizer, corpus: Corpus, n: int, seqlen: int, seed: i
 
     Python ``random`` is seeded with ``seed``; for document corpora (C4) a random document longer than
     ``seqlen`` tokens is drawn (redrawing shorter ones) and a random offset inside it taken; for running-text
-    corpora the offset is drawn in the whole tokenized stream.
+    corpora (``corpus.stream``: WikiText-2, PTB) the offset is drawn in the whole tokenized stream.
     """
     if n < 1 or seqlen < 2:
         raise ValueError(f"calibration needs n >= 1 and seqlen >= 2, got n={n}, seqlen={seqlen}")
     rng = random.Random(seed)
     segments = []
-    if corpus.name in STREAM_CORPORA or len(corpus.rows) == 1:
+    if corpus.stream or len(corpus.rows) == 1:
         stream = tokenize_stream(tokenizer, corpus)
         if stream.numel() <= seqlen:
             raise ValueError(f"{corpus.name} has {stream.numel()} tokens, too few for segments of {seqlen}")
@@ -70,3 +66,11 @@ def evaluation_windows(stream: torch.Tensor, seqlen: int, max_windows: int | Non
     if max_windows is not None:
         count = min(count, max_windows)
     return stream[: count * seqlen].view(count, seqlen)
+
+
+def corpus_windows(tokenizer, corpus: Corpus, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """Evaluation windows of a corpus under its own rule (C4: at most 256 windows, SparseGPT's truncation)."""
+    cap = corpus.max_eval_windows
+    if cap is not None:
+        max_windows = cap if max_windows is None else min(max_windows, cap)
+    return evaluation_windows(tokenize_stream(tokenizer, corpus), seqlen, max_windows)

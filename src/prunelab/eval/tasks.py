@@ -291,16 +291,11 @@ def resolve_task_names(names) -> list[str]:
     return out
 
 
-def check_task_files(names, data_dir: str | Path | None = None) -> None:
-    """Raise FileNotFoundError (saying what to do) if any local file of these tasks is missing; cheap, no parsing."""
+def local_task_files(name: str, data_dir: str | Path | None = None) -> list[Path] | None:
+    """The task's local files if all are present in the data directory, else None."""
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    for name in resolve_task_names(names):
-        task = TASKS[name]
-        missing = [str(root / rel) for rel in task.files if not (root / rel).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"task {name}: data file(s) not found: {', '.join(missing)}. Point PRUNELAB_DATA (or data_dir) at a "
-                f"folder holding {', '.join(task.files)} (this project's copies live in shared/data)")
+    paths = [root / rel for rel in TASKS[name].files]
+    return paths if all(p.is_file() for p in paths) else None
 
 
 @dataclass
@@ -311,6 +306,8 @@ class TaskData:
     source: str
     files: dict[str, str]           # relative path -> sha256 (local), or {"hf": dataset id}
     sha256: str                     # one digest for all the files read
+    provenance: dict = field(default_factory=dict)  # local path, or Hub dataset id/config/split/revision
+    limit: int | None = None
 
 
 def _combined_digest(files: dict[str, str]) -> str:
@@ -320,51 +317,49 @@ def _combined_digest(files: dict[str, str]) -> str:
 
 
 def load_task(name: str, limit: int | None = None, data_dir: str | Path | None = None,
-              source: str = "local") -> TaskData:
+              source: str = "auto") -> TaskData:
     """Items of a task, in file order, the first ``limit`` of them when given (the harness's --limit rule).
 
-    ``source="local"`` reads the files in the data directory (``$PRUNELAB_DATA``, ./shared/data or ../shared/data);
-    ``source="hf"`` reads the Hugging Face dataset the harness uses (needs ``datasets`` and network).
+    ``source="auto"`` (default) reads the local files in the data directory (``$PRUNELAB_DATA``, ./shared/data or
+    ../shared/data) when they are all there, else the Hugging Face dataset the harness uses (downloaded once into
+    the HF cache); ``"local"`` or ``"hf"`` force one of the two.
     """
     task = TASKS[resolve_task_names([name])[0]]
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of items, got {limit}")
-    if source == "hf":
-        records, files, where = _load_hf(task)
-    elif source == "local":
-        root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        paths = [root / rel for rel in task.files]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"task {task.name}: data file(s) not found: {', '.join(missing)}. Point PRUNELAB_DATA (or data_dir) "
-                f"at a folder holding {', '.join(task.files)} (this project's copies live in shared/data), "
-                "or use source='hf' when online")
+    if source not in ("auto", "local", "hf"):
+        raise ValueError(f"source must be 'auto', 'local' or 'hf', not {source!r}")
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    paths = local_task_files(task.name, root) if source != "hf" else None
+    if paths is None and source == "local":
+        raise FileNotFoundError(
+            f"task {task.name}: data file(s) not found: {', '.join(str(root / r) for r in task.files)}. Point "
+            f"PRUNELAB_DATA (or data_dir) at a folder holding {', '.join(task.files)}, or read it from the Hub "
+            "(source 'auto' or 'hf')")
+    if paths is None:
+        records, files, where, provenance = _load_hf(task)
+    else:
         files = {rel: hashlib.sha256(p.read_bytes()).hexdigest() for rel, p in zip(task.files, paths)}
         records = task.read_local(paths)
         where = str(root)
-    else:
-        raise ValueError(f"source must be 'local' or 'hf', not {source!r}")
+        provenance = {"kind": "local", "path": where, "files": files}
     total = len(records)
     chosen = records if limit is None else records[:limit]
     items = [task.to_item(i, r) for i, r in enumerate(chosen)]
-    return TaskData(task, items, total, where, files, _combined_digest(files))
+    return TaskData(task, items, total, where, files, _combined_digest(files), provenance, limit)
 
 
 def _load_hf(task: Task):
+    from ..data.hub import load_dataset_rows
+
     if task.hf is None:
         raise ValueError(f"task {task.name} has no Hugging Face source")
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("source='hf' needs the `datasets` package: pip install 'prunelab[hub]'") from None
     dataset_id, config, split = task.hf
-    ds = datasets.load_dataset(dataset_id, config, split=split)
-    rows = [dict(r) for r in ds]
+    rows, provenance = load_dataset_rows(dataset_id, config, split, f"task {task.name}", ", ".join(task.files))
     if task.hf_map is not None:
         rows = [task.hf_map(r) for r in rows]
     if task.name == "winogrande":
         for r in rows:
             r["label"] = r["answer"]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    return rows, {f"hf:{dataset_id}/{config or ''}/{split}": digest}, f"hf:{dataset_id}"
+    return rows, {f"hf:{dataset_id}/{config or ''}/{split}": digest}, f"hf:{dataset_id}", provenance

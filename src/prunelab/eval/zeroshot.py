@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .perplexity import model_device
-from .tasks import ALL_TASKS, HARNESS, METRIC_DEFINITIONS, TASKS, Item, load_task, resolve_task_names
+from .tasks import ALL_TASKS, HARNESS, METRIC_DEFINITIONS, TASKS, Item, TaskData, load_task, resolve_task_names
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 2048  # the harness's default when neither config nor tokenizer gives one
@@ -113,10 +113,11 @@ def _tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
 
 
-def build_requests(tokenizer, task_name: str, limit: int | None = None, data_dir=None,
-                   source: str = "local") -> TaskRequests:
-    """Load a task (first ``limit`` items in file order) and tokenize all its requests."""
-    data = load_task(task_name, limit=limit, data_dir=data_dir, source=source)
+def build_requests(tokenizer, task, limit: int | None = None, data_dir=None, source: str = "auto") -> TaskRequests:
+    """Tokenize all requests of a task: ``task`` is a TaskData already loaded, or a name to load (first ``limit``
+    items in file order)."""
+    data = task if isinstance(task, TaskData) else load_task(task, limit=limit, data_dir=data_dir, source=source)
+    limit = data.limit
     pairs, owners = [], []
     for pos, item in enumerate(data.items):
         for choice, pair in enumerate(item.pairs()):
@@ -130,7 +131,8 @@ def build_requests(tokenizer, task_name: str, limit: int | None = None, data_dir
     return TaskRequests(
         task=data.task.name, items=data.items, contexts=[c for c, _ in encoded], continuations=[x for _, x in encoded],
         owners=owners, limit=limit, total_items=data.total_items,
-        data={"source": data.source, "files": data.files, "sha256": data.sha256}, tokenizer=_tokenizer_name(tokenizer))
+        data={"source": data.source, "files": data.files, "sha256": data.sha256, "provenance": data.provenance},
+        tokenizer=_tokenizer_name(tokenizer))
 
 
 def model_max_length(model, tokenizer=None) -> int:
