@@ -102,9 +102,11 @@ def test_missing_model_and_corpus_say_what_to_do(tmp_path, capsys, monkeypatch):
     assert "neither an embedded name" in capsys.readouterr().err
     src = save_tiny_folder("llama", tmp_path / "src")
     monkeypatch.setenv("PRUNELAB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub fallback must not be tried for real in a test
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert main(["eval", str(src), "--data", "wikitext2", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "not found at" in err and "PRUNELAB_DATA" in err
+    assert "corpus wikitext2/test" in err and "Salesforce/wikitext" in err and "PRUNELAB_DATA" in err
 
 
 def test_compare_layers_reports_each_method_and_its_optimum(tmp_path, corpus_file):
