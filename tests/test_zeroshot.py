@@ -247,9 +247,11 @@ def test_cli_errors_and_generate(tmp_path, capsys, monkeypatch):
     assert main(["eval", str(src), "--tasks", "piqa,nope", "--quiet"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
     monkeypatch.setenv("PRUNELAB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub fallback must not be tried for real in a test
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert main(["eval", str(src), "--tasks", "piqa", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "not found" in err and "PRUNELAB_DATA" in err
+    assert "task piqa" in err and "baber/piqa" in err and "PRUNELAB_DATA" in err
     out = tmp_path / "gen.json"
     assert main(["generate", str(src), "--prompt", "The quick", "--max-new-tokens", "2", "--json", str(out),
                  "--quiet"]) == 0
