@@ -2,6 +2,8 @@
 from .api import PruneResult, evaluate, prune
 from .config import CalibrationConfig, PruneConfig
 from .patterns import Pattern
+from .train import FinetuneConfig, finetune, iterative
 
 __version__ = "0.1.0"
-__all__ = ["prune", "evaluate", "PruneResult", "PruneConfig", "CalibrationConfig", "Pattern", "__version__"]
+__all__ = ["prune", "evaluate", "finetune", "iterative", "PruneResult", "PruneConfig", "CalibrationConfig", "FinetuneConfig",
+           "Pattern", "__version__"]

@@ -9,7 +9,7 @@ import sys
 from .models.loading import DEFAULT_MODEL
 
 # Subcommands defined in prunelab/commands/<name>.py (one module each, so adding one touches one line here).
-COMMAND_MODULES: tuple[str, ...] = ("data",)
+COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative")
 
 
 def _method_options(pairs: list[str]) -> dict:
@@ -341,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("prunelab: interrupted; " + ("finished runs are kept in the store: rerun the same command to continue"
-                                           if args.command == "sweep" else "nothing was written to the output folder"),
+                                           if args.command == "sweep" else
+                                           "the last checkpoint is kept: rerun the same command to resume"
+                                           if args.command in ("finetune", "iterative") else
+                                           "nothing was written to the output folder"),
               file=sys.stderr)
         return 130
 

@@ -26,9 +26,13 @@ from .base import PruningAlgorithm, register
 from .refit import refit_on_support
 
 
-def project(z: torch.Tensor, pattern: Pattern) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean projection of ``z`` onto the pattern: (projected z, pruned mask)."""
-    pruned = select_pruned(z.abs(), pattern)
+def project(z: torch.Tensor, pattern: Pattern, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean projection of ``z`` onto the pattern: (projected z, pruned mask). Weights in ``prior`` (already
+    pruned) are pruned first and always: the projection onto the pattern restricted to their complement."""
+    if prior is None:
+        pruned = select_pruned(z.abs(), pattern)
+    else:
+        pruned = select_pruned(z.abs().masked_fill(prior, float("-inf")), pattern) | prior
     return z.masked_fill(pruned, 0.0), pruned
 
 
@@ -69,14 +73,14 @@ class ALPS(PruningAlgorithm):
         self._eig_cache = (h, result)
         return result
 
-    def prune(self, weight: torch.Tensor, stats, pattern: Pattern) -> torch.Tensor:
+    def prune(self, weight: torch.Tensor, stats, pattern: Pattern, prior: torch.Tensor | None = None) -> torch.Tensor:
         h = stats.require_hessian().to(weight.device)
         w_dense = weight.float()
         scale, h_tilde, eigvals, q = self._preconditioned_eigh(h)
         w_hat = w_dense * scale[None, :]
         g = w_hat @ h_tilde  # Ŵ̃H̃, fixed across iterations
 
-        z, pruned = project(w_hat, pattern)
+        z, pruned = project(w_hat, pattern, prior)
         v = torch.zeros_like(w_hat)
         rho = self.rho0
         kept = max(int(torch.count_nonzero(~pruned)), 1)
@@ -84,7 +88,7 @@ class ALPS(PruningAlgorithm):
         self.last_trace = []
         for it in range(1, self.max_iters + 1):
             w = (((g - v + rho * z) @ q) / (eigvals + rho)[None, :]) @ q.T
-            z, new_pruned = project(w + v / rho, pattern)
+            z, new_pruned = project(w + v / rho, pattern, prior)
             v.add_(w - z, alpha=rho)
             changes = int(torch.count_nonzero(new_pruned != pruned))
             pruned = new_pruned

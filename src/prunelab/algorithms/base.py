@@ -30,8 +30,14 @@ class PruningAlgorithm:
         """Importance of each weight (higher = keep). Score-based methods define only this."""
         raise TypeError(f"{type(self).__name__} defines neither scores() nor prune()")
 
-    def prune(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> torch.Tensor:
-        return weight.masked_fill(select_pruned(self.scores(weight, stats), pattern), 0.0)
+    def prune(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern,
+              prior: torch.Tensor | None = None) -> torch.Tensor:
+        """``prior``: weights already pruned (True) that must stay pruned; they are chosen first, so a step
+        towards a higher sparsity only adds zeros (iterative pruning)."""
+        scores = self.scores(weight, stats)
+        if prior is None:
+            return weight.masked_fill(select_pruned(scores, pattern), 0.0)
+        return weight.masked_fill(select_pruned(scores.masked_fill(prior, float("-inf")), pattern) | prior, 0.0)
 
     def options(self) -> dict:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}

@@ -30,6 +30,12 @@ def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[to
     return torch.linalg.cholesky(h_inv, upper=True).float(), dead
 
 
+def _saliency(w: torch.Tensor, d: torch.Tensor, forced: torch.Tensor | None) -> torch.Tensor:
+    """OBS saliency w² / [H⁻¹]_qq²; weights that must be pruned get -inf so every selection takes them first."""
+    saliency = w ** 2 / d[None, :] ** 2
+    return saliency if forced is None else saliency.masked_fill(forced, float("-inf"))
+
+
 @register
 @dataclass
 class SparseGPT(PruningAlgorithm):
@@ -44,7 +50,8 @@ class SparseGPT(PruningAlgorithm):
         if not 0 < self.dampening < 1:
             raise ValueError("dampening must be in (0, 1)")
 
-    def prune(self, weight: torch.Tensor, stats, pattern: Pattern) -> torch.Tensor:
+    def prune(self, weight: torch.Tensor, stats, pattern: Pattern, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """``prior``: weights already pruned, kept pruned (their saliency is -inf, so they are chosen first)."""
         hinv, dead = damped_inverse_cholesky(stats.require_hessian(), self.dampening)
         w = weight.float().clone()
         w[:, dead] = 0.0
@@ -56,18 +63,24 @@ class SparseGPT(PruningAlgorithm):
             w_block = w[:, start:end].clone()
             h_block = hinv[start:end, start:end]
             d = torch.diagonal(h_block)
+            forced = None if prior is None else prior[:, start:end]
             if pattern.is_nm:
                 pruned = torch.zeros_like(w_block, dtype=torch.bool)  # chosen group by group below
             elif pattern.scope == "row":
-                pruned = lowest_k_per_row_mask(w_block ** 2 / d[None, :] ** 2, int((end - start) * pattern.sparsity))
+                pruned = lowest_k_per_row_mask(_saliency(w_block, d, forced), int((end - start) * pattern.sparsity))
             else:
-                pruned = lowest_k_mask(w_block ** 2 / d[None, :] ** 2, int(w_block.numel() * pattern.sparsity))
+                pruned = lowest_k_mask(_saliency(w_block, d, forced), int(w_block.numel() * pattern.sparsity))
+            if forced is not None:
+                pruned |= forced
             errors = torch.zeros_like(w_block)
             for i in range(end - start):
                 if pattern.is_nm and i % pattern.m == 0:
                     # N:M groups are chosen on the weights as updated so far, like the adaptive block mask.
-                    group = w_block[:, i:i + pattern.m] ** 2 / d[None, i:i + pattern.m] ** 2
+                    group_forced = None if forced is None else forced[:, i:i + pattern.m]
+                    group = _saliency(w_block[:, i:i + pattern.m], d[i:i + pattern.m], group_forced)
                     pruned[:, i:i + pattern.m] = nm_mask(group, pattern.n, pattern.m)
+                    if group_forced is not None:
+                        pruned[:, i:i + pattern.m] |= group_forced
                 err = w_block[:, i].masked_fill(~pruned[:, i], 0.0).div_(d[i])
                 # Removing column i's pruned entries shifts the rest of the block along row i of the factor.
                 w_block[:, i:].addr_(err, h_block[i, i:], alpha=-1.0)

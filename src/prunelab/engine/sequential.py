@@ -8,6 +8,7 @@ where it was loaded. Methods that need no statistics (magnitude) never run a for
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 
@@ -87,13 +88,28 @@ def relative_reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hes
     return float((num / den).sqrt()) if den > 0 else float("nan")
 
 
-def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, pattern, post: PostSteps, name: str = "?"):
-    """The algorithm plus post-steps on one dense weight: (pruned weight, error before refit or None, seconds)."""
+def accepts_prior(algorithm) -> bool:
+    """Whether ``algorithm.prune`` takes ``prior`` (weights already pruned, to be kept pruned)."""
+    return "prior" in inspect.signature(algorithm.prune).parameters
+
+
+def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, pattern, post: PostSteps, name: str = "?",
+                 prior: torch.Tensor | None = None):
+    """The algorithm plus post-steps on one dense weight: (pruned weight, error before refit or None, seconds).
+
+    ``prior`` (bool, True = already pruned): those weights stay zero. Methods that accept it choose them first
+    (so the count is exact when the target is at least the prior's); for any other method they are zeroed after
+    it ran, which can only add zeros."""
     start = time.perf_counter()
-    pruned = algorithm.prune(dense, stats, pattern)
+    if prior is not None and accepts_prior(algorithm):
+        pruned = algorithm.prune(dense, stats, pattern, prior=prior)
+    else:
+        pruned = algorithm.prune(dense, stats, pattern)
     if post.refine in REFINERS:
         pruned = dsnot_refine(dense, pruned, stats, pattern,
                               hessian=stats.require_hessian() if post.refine == "dsnot-h" else None)
+    if prior is not None:
+        pruned = pruned.masked_fill(prior, 0.0)
     before_refit = None
     if post.refit:
         before_refit = relative_reconstruction_error(dense, pruned, stats.hessian)
@@ -111,9 +127,11 @@ def _as_is(adapter: ModelAdapter, name: str, layer, seconds: float = 0.0) -> Lay
     return LayerReport(name, tuple(weight.shape), float((weight == 0).float().mean()), seconds)
 
 
-def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps) -> LayerReport:
+def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps,
+                 prior: torch.Tensor | None = None) -> LayerReport:
     dense = adapter.get_weight(layer).float()
-    pruned, before_refit, seconds = solve_weight(dense, algorithm, stats, pattern, post, name)
+    prior = None if prior is None else prior.to(dense.device)
+    pruned, before_refit, seconds = solve_weight(dense, algorithm, stats, pattern, post, name, prior)
     error = None
     if stats is not None and stats.hessian is not None:
         error = relative_reconstruction_error(dense, pruned, stats.hessian)
@@ -126,10 +144,16 @@ def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, patt
     return LayerReport(name, tuple(dense.shape), sparsity, seconds, error, before_refit)
 
 
-def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: Pattern) -> list[LayerReport]:
-    """One threshold across all prunable layers (data-free scores only); exact count, ties in layer order."""
+def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: Pattern,
+                  prior_masks: dict | None = None) -> list[LayerReport]:
+    """One threshold across all prunable layers (data-free scores only); exact count, ties in layer order.
+    Weights in ``prior_masks`` score -inf, so they are pruned first."""
     layers = list(adapter.named_prunable_layers())
-    scores = [algorithm.scores(adapter.get_weight(layer).float(), None).flatten() for _, layer in layers]
+    scores = []
+    for name, layer in layers:
+        s = algorithm.scores(adapter.get_weight(layer).float(), None)
+        prior = (prior_masks or {}).get(name)
+        scores.append((s if prior is None else s.masked_fill(prior.to(s.device), float("-inf"))).flatten())
     flat = torch.cat(scores)
     k = int(flat.numel() * pattern.sparsity)
     reports = []
@@ -182,12 +206,14 @@ def _collect_stats(adapter, block, layers: dict, inputs, call: BlockCall, needs,
 
 def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibration: torch.Tensor | None = None,
                 device: str | torch.device = "cpu", progress: bool = True,
-                post: PostSteps | None = None) -> list[LayerReport]:
+                post: PostSteps | None = None, prior_masks: dict[str, torch.Tensor] | None = None) -> list[LayerReport]:
     """Prune every prunable layer of ``model`` in place; returns one report per layer in model order.
 
     ``calibration`` is a LongTensor (n, seqlen) of token ids, required when the algorithm or ``post`` needs
-    input statistics.
+    input statistics. ``prior_masks`` (layer name -> bool (out, in), True = already pruned; see
+    train/masks.py) are kept pruned, so a step of iterative pruning only adds zeros.
     """
+    priors = prior_masks or {}
     post = post or PostSteps()
     adapter = ModelAdapter(model)
     device = torch.device(device)
@@ -198,7 +224,7 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
         if needs or "global" not in algorithm.scopes:
             raise ValueError(f"global scope needs data-free scores and no calibrated post-steps; "
                              f"{algorithm.name} with these options does not support it")
-        return _prune_global(adapter, algorithm, pattern)
+        return _prune_global(adapter, algorithm, pattern, priors)
 
     reports: list[LayerReport] = []
     bar = tqdm(total=len(adapter.blocks), desc=f"{algorithm.name} {pattern.describe()}", unit="block",
@@ -206,8 +232,8 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
     if not needs:
         for i, block in enumerate(adapter.blocks):
             for name, layer in adapter.prunable_layers(block).items():
-                reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm, None,
-                                            pattern, post))
+                full = f"{adapter.family.blocks}.{i}.{name}"
+                reports.append(_solve_layer(adapter, full, layer, algorithm, None, pattern, post, priors.get(full)))
             bar.update()
         bar.close()
         return reports
@@ -216,8 +242,8 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
         raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
     for i, block, layers, stats in calibrated_blocks(adapter, calibration, needs, device):
         for name, layer in layers.items():
-            reports.append(_solve_layer(adapter, f"{adapter.family.blocks}.{i}.{name}", layer, algorithm,
-                                        stats[name], pattern, post))
+            full = f"{adapter.family.blocks}.{i}.{name}"
+            reports.append(_solve_layer(adapter, full, layer, algorithm, stats[name], pattern, post, priors.get(full)))
         bar.update()
     bar.close()
     return reports

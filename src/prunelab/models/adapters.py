@@ -90,7 +90,13 @@ class ModelAdapter:
     @staticmethod
     def get_weight(layer: nn.Module) -> torch.Tensor:
         """The weight as (out_features, in_features), the orientation every algorithm assumes."""
-        return layer.weight.data.t() if isinstance(layer, Conv1D) else layer.weight.data
+        return ModelAdapter.oriented(layer, layer.weight.data)
+
+    @staticmethod
+    def oriented(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        """A view of ``tensor`` (shaped like the layer's weight, e.g. its gradient or a mask) as (out, in), or of an
+        (out, in) tensor in the weight's own layout: GPT-2's Conv1D stores (in, out), so both ways transpose."""
+        return tensor.t() if isinstance(layer, Conv1D) else tensor
 
     @staticmethod
     def set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
