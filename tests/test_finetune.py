@@ -338,3 +338,66 @@ def test_cli_finetune_and_iterative(pruned_folder, corpus, tmp_path, capsys):
     assert main(["iterative", "--method", "wanda", "--target", "0.5", "--threshold", "0.1", "--steps", "2",
                  "--train-steps", "2", "--out", str(tmp_path / "x")]) == 2  # threshold needs magnitude
     assert "threshold mode" in capsys.readouterr().err
+
+
+# -- sweeps and reports -------------------------------------------------------------------------------------------
+def test_sweep_runs_recovery_methods_and_reports_seed003_tables(corpus, tmp_path):
+    from prunelab import CalibrationConfig
+    from prunelab.bench import EvalProtocol, ResultsStore, SweepConfig, run_sweep
+    from prunelab.bench.report import write_report
+
+    src = save_tiny_folder("llama", tmp_path / "model")
+
+    def sweep(methods, store):
+        config = SweepConfig(methods=methods, levels=(0.1, 0.5), models=(str(src),),
+                             calibrations=(CalibrationConfig(str(corpus), "train", 4, 16, 0),),
+                             evaluation=EvalProtocol(perplexity=(str(corpus),), seqlen=16,
+                                                     tasks=("lambada", "hellaswag", "boolq"), task_limit=4),
+                             device="cpu", finetune={"steps": 4, "batch": 2, "seqlen": 16, "heldout_windows": 2,
+                                                     "heldout_fraction": 0.1, "lr": 5e-3, "lora": 2, "iter_steps": 2,
+                                                     "train": str(corpus)})
+        s = ResultsStore(store)
+        counts = run_sweep(config, s, log=lambda *_: None)
+        rows = {(r["method"], r["level"]): r for r in s.rows("done")}
+        s.close()
+        return counts, rows
+
+    counts, rows = sweep(("magnitude", "magnitude+iter-linear", "magnitude+lora"), tmp_path / "s.db")
+    assert counts["done"] == 7 and counts["failed"] == 0
+    _, plain = sweep(("magnitude",), tmp_path / "plain.db")
+    ppl = lambda r: next(iter(r["metrics"]["perplexity"].values()))["ppl"]  # noqa: E731
+    # the magnitude run at 0.5 came after full fine-tuning runs: restored to the very same starting weights
+    assert ppl(rows[("magnitude", 0.5)]) == ppl(plain[("magnitude", 0.5)])
+    for level in (0.1, 0.5):
+        base = rows[("magnitude", level)]["metrics"]["size"]
+        for method in ("magnitude+iter-linear", "magnitude+lora"):
+            run = rows[(method, level)]
+            assert run["metrics"]["size"]["prunable_zeros"] == base["prunable_zeros"]  # the same sparsity, exactly
+            assert ppl(run) != ppl(rows[("magnitude", level)])
+    steps = rows[("magnitude+iter-linear", 0.5)]["record"]["recovery"]["steps"]
+    assert [round(s["target"], 6) for s in steps] == [0.25, 0.5]
+    assert not (tmp_path / "s.db.work").exists() or not any((tmp_path / "s.db.work").iterdir())
+    write_report(tmp_path / "s.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Completion tasks by pruning rate" in md and "LAMBADA ppl" in md and "HellaSwag acc" in md
+    assert "## QA tasks by pruning rate" in md and "BoolQ" in md
+    assert "## Recovery fine-tuning and iterative runs" in md and "iterative (linear) with full fine-tuning" in md
+
+
+def test_sweep_recovery_specs_and_settings_are_checked():
+    from prunelab.bench.recovery import Recovery, split_recovery
+    from prunelab.bench.sweep import sweep_config_from_dict
+
+    assert split_recovery("wanda+dsnot+iter-linear+lora") == ("wanda+dsnot", Recovery("lora", "linear"))
+    assert split_recovery("sparsegpt+ft") == ("sparsegpt", Recovery("full", None))
+    assert split_recovery("magnitude+iter") == ("magnitude", Recovery("full", "cubic"))
+    assert split_recovery("magnitude") == ("magnitude", None)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        split_recovery("magnitude+iter-quadratic")
+    with pytest.raises(ValueError, match="fine-tuning budget"):
+        sweep_config_from_dict({"methods": ["magnitude+ft"], "levels": [0.5]})
+    with pytest.raises(ValueError, match="unknown finetune setting"):
+        sweep_config_from_dict({"methods": ["magnitude+ft"], "levels": [0.5], "finetune": {"tokens": 10**5, "lrr": 1}})
+    config = sweep_config_from_dict({"methods": ["magnitude+lora"], "levels": [0.5],
+                                     "finetune": {"tokens": 10**5, "lora": 8}})
+    assert config.runs()[0].recovery == Recovery("lora", None)

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--limit", type=int, help="first N items of each task")
     w.add_argument("--generate", action="store_true", default=None, help="record greedy samples of every model")
     w.add_argument("--save-dir", help="also save every pruned model under this folder")
+    w.add_argument("--finetune", action="append", metavar="KEY=VALUE", help="fine-tuning setting for methods with "
+                   "+ft, +lora or +iter[-SCHEDULE] (e.g. tokens=40000, lr=1e-4, lora=16, iter_steps=5)")
     w.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
     w.add_argument("--device")
     w.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
@@ -280,6 +282,8 @@ def _sweep_settings(args) -> dict:
             ev[key] = getattr(args, flag)
     if ev:
         data["eval"] = ev
+    if args.finetune:
+        data["finetune"] = {**(data.get("finetune") or {}), **_method_options(args.finetune)}
     for pair in args.opt or []:
         key, sep, value = pair.partition("=")
         method, dot, option = key.partition(".")

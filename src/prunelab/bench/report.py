@@ -251,10 +251,74 @@ class Report:
                                     body))
         return tables
 
+    # seed 003, Tables 3 and 4: completion and QA tasks by pruning rate, with parameter counts
+    def _rate_rows(self) -> list[dict]:
+        done = [r for r in self.rows if r["status"] == "done" and (r.get("metrics") or {}).get("tasks")]
+        return sorted(done, key=lambda r: (r["method"] != "dense", r["method"], _level_order(level_label(r))))
+
+    def _task_table(self, title: str, columns: list[tuple[str, str, str]], caption: str) -> Table | None:
+        """columns: (header, task, metric); a column appears only if some run measured that task."""
+        rows = self._rate_rows()
+        measured = [c for c in columns if any(c[1] in r["metrics"]["tasks"] for r in rows)]
+        if not measured:
+            return None
+        body = []
+        for r in rows:
+            tasks = r["metrics"]["tasks"]
+            cells = []
+            for _, task, metric in measured:
+                value = (tasks.get(task) or {}).get(metric)
+                value = _num(value)
+                cells.append(Cell("-" if value is None else f"{value:.2f}" if metric == "perplexity" else f"{100 * value:.2f}"))
+            size = r["metrics"].get("size") or {}
+            params = f"{size['nonzero_params'] / 1e6:.2f}" if "nonzero_params" in size else "-"
+            body.append([Cell(r["method"]), Cell(level_label(r)), Cell(params), *cells])
+        return Table(title, ["method", "pruning rate", "non-zero params (M)", *[c[0] for c in measured]], body,
+                     caption=caption)
+
+    def seed003_tables(self) -> list[Table]:
+        completion = self._task_table(
+            "Completion tasks by pruning rate", [("LAMBADA acc", "lambada", "acc"),
+                                                 ("LAMBADA ppl", "lambada", "perplexity"),
+                                                 ("HellaSwag acc", "hellaswag", "acc"),
+                                                 ("HellaSwag acc_norm", "hellaswag", "acc_norm")],
+            "Seed 003, Table 3 layout (StoryCloze is not available locally). Accuracies in %; methods with +ft, "
+            "+lora or +iter were fine-tuned after (or between) pruning steps, with the mask kept.")
+        qa = self._task_table(
+            "QA tasks by pruning rate", [("BoolQ", "boolq", "acc"), ("ARC-Easy", "arc_easy", "acc"),
+                                         ("ARC-Challenge", "arc_challenge", "acc"), ("OpenBookQA", "openbookqa", "acc"),
+                                         ("SIQA", "siqa", "acc")],
+            "Seed 003, Table 4 layout. The seed's open-domain QA sets (Natural Questions, WebQuestions, TriviaQA) "
+            "are not available locally; the multiple-choice QA tasks measured here stand in for them (acc, %).")
+        return [t for t in (completion, qa) if t]
+
+    def recovery_table(self) -> Table | None:
+        rows = [r for r in self.rows if r["status"] == "done" and (r.get("record") or {}).get("recovery")]
+        if not rows:
+            return None
+        body = []
+        for r in sorted(rows, key=lambda r: (r["method"], _level_order(level_label(r)))):
+            rec = r["record"]["recovery"]
+            steps = rec["steps"]
+            first = next((h for h in steps[0]["heldout"] if h["when"] == "start"), None)
+            last = steps[-1]["heldout"][-1]
+            body.append([Cell(r["method"]), Cell(level_label(r)), Cell(rec["describe"]),
+                         Cell(" → ".join(f"{s['sparsity']:.3f}" for s in steps)),
+                         Cell(f"{rec['tokens']:,}"), Cell(f"{rec['train_cpu_seconds'] / 60:.1f}"),
+                         Cell(f"{first['ppl']:.2f} → {last['ppl']:.2f}" if first else f"{last['ppl']:.2f}")])
+        return Table("Recovery fine-tuning and iterative runs",
+                     ["method", "level", "how", "sparsity after each step", "training tokens", "train CPU min",
+                      "held-out ppl (start → end)"], body,
+                     caption="Held-out perplexity on the fine-tuning corpus's held-out documents (never trained on); "
+                             "iterative runs start after their first pruning step. Sparsity after fine-tuning equals "
+                             "the sparsity shown, to the weight.")
+
     def tables(self) -> list[Table]:
         tables = [*self.perplexity_tables(), self.runtime_table(), self.end_to_end_table(), self.size_table()]
         z = self.zeroshot_table()
-        return tables + ([z] if z else []) + self.samples_tables()
+        recovery = self.recovery_table()
+        return (tables + ([z] if z else []) + self.seed003_tables() + ([recovery] if recovery else [])
+                + self.samples_tables())
 
     # ---- plots --------------------------------------------------------------------------------------------
     def plots(self) -> dict[str, str]:

@@ -64,6 +64,7 @@ class SweepConfig:
     device: str | None = None
     dtype: str = "float32"
     save_dir: str | None = None
+    finetune: dict = field(default_factory=dict)  # settings of +ft / +lora / +iter runs (bench/recovery.py)
 
     def __post_init__(self):
         if not self.methods:
@@ -72,7 +73,10 @@ class SweepConfig:
             raise ValueError("a sweep needs at least one model")
         if "unstructured" in self.patterns and not self.levels:
             raise ValueError("unstructured sweeps need at least one level")
-        self.runs()  # builds (and so validates) every run's PruneConfig before any work
+        for run in self.runs():  # builds (and so validates) every run's PruneConfig before any work
+            if run.recovery is not None:
+                from .recovery import identity as recovery_identity
+                recovery_identity(self.finetune, run.recovery)  # and its fine-tuning settings
 
     def calibrations_for(self, model: str) -> tuple[CalibrationConfig, ...]:
         if self.calibrations:
@@ -82,6 +86,7 @@ class SweepConfig:
 
     def runs(self) -> list["RunSpec"]:
         from ..api import parse_method_spec
+        from .recovery import split_recovery
 
         # level-major order, so an interrupted sweep already holds whole rows of the level x method table
         specs = []
@@ -90,12 +95,13 @@ class SweepConfig:
                 for pattern in self.patterns:
                     for level in (self.levels if pattern == "unstructured" else (None,)):
                         for method in self.methods:
-                            name, post = parse_method_spec(method)
+                            base, recovery = split_recovery(method)
+                            name, post = parse_method_spec(base)
                             config = PruneConfig(method=name, model=model, sparsity=level, pattern=pattern,
                                                  method_options=self.method_options.get(name, {}),
                                                  calibration=calib, device=self.device, dtype=self.dtype,
                                                  refine=post.refine, refit=post.refit)
-                            specs.append(RunSpec(method, config))
+                            specs.append(RunSpec(method, config, recovery))
         return specs
 
     def to_dict(self) -> dict:
@@ -106,6 +112,7 @@ class SweepConfig:
 class RunSpec:
     method: str  # as the user wrote it, steps included (wanda+dsnot)
     config: PruneConfig
+    recovery: object = None  # bench.recovery.Recovery for +ft / +lora / +iter runs
 
     @property
     def pattern_label(self) -> str:
@@ -120,20 +127,24 @@ class RunSpec:
         return f"{self.method} {where}"
 
 
-def _parameter_snapshot(model) -> dict[str, torch.Tensor]:
+def _parameter_snapshot(model, everything: bool = False) -> dict[str, torch.Tensor]:
     """A copy of what pruning can change: the parameters of the decoder blocks (weights, biases, norms).
-    Embeddings and the head are never pruned, so they are not copied (a smaller snapshot)."""
+    Embeddings and the head are never pruned, so they are not copied (a smaller snapshot), unless ``everything``
+    (a sweep with fine-tuning runs, which train them too)."""
     from ..models.adapters import ModelAdapter
 
-    return {name: p.detach().clone() for name, p in ModelAdapter(model).blocks.named_parameters()}
+    params = model.named_parameters() if everything else ModelAdapter(model).blocks.named_parameters()
+    return {name: p.detach().clone() for name, p in params}
 
 
 def _restore(model, snapshot: dict[str, torch.Tensor]) -> None:
     from ..models.adapters import ModelAdapter
 
+    params = dict(model.named_parameters())  # full names ("model.embed_tokens.weight") never look like
+    blocks = dict(ModelAdapter(model).blocks.named_parameters())  # names inside the blocks ("0.mlp.up_proj.weight")
     with torch.no_grad():
-        for name, p in ModelAdapter(model).blocks.named_parameters():
-            p.copy_(snapshot[name])
+        for name, value in snapshot.items():
+            (params[name] if name in params else blocks[name]).copy_(value)
 
 
 def _reset_peak_rss() -> None:
@@ -275,9 +286,10 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
     for model_name in config.models:
         model, tokenizer, source = load_model(model_name, config.dtype)
         model_identity = {"kind": source.kind, **{k: v for k, v in source.identity.items() if k != "path"}}
-        snapshot = _parameter_snapshot(model)
-        evaluator = Evaluator(model_name, model, tokenizer, config.evaluation, eval_inputs)
         runs = [r for r in all_runs if r.config.model == model_name]
+        snapshot = _parameter_snapshot(model, everything=any(r.recovery for r in runs))
+        evaluator = Evaluator(model_name, model, tokenizer, config.evaluation, eval_inputs)
+        recovery_cache: dict = {}  # training data, prepared once per setting
         host = host_description()
 
         def execute(key, label, method, pattern, level, identity, work):
@@ -342,13 +354,23 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
             identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
                         "algorithm_options": algorithm.options(), "calibration": calib_identity,
                         "eval": evaluator.identity, "versions": key_versions}
+            if spec.recovery is not None:
+                from . import recovery
+                identity["recovery"] = recovery.identity(config.finetune, spec.recovery)
 
-            def work(spec=spec, cfg=cfg, algorithm=algorithm):
+            def work(spec=spec, cfg=cfg, algorithm=algorithm, identity=identity):
                 _restore(model, snapshot)
                 calibration = calibration_cache[cfg.calibration][0] if cfg.needs_calibration else None
                 started = time.perf_counter()
-                layers = prune_model(model, algorithm, cfg.pattern_obj(), calibration, device=cfg.device,
-                                     progress=progress, post=cfg.post_steps())
+                recovered = None
+                if spec.recovery is not None:  # prune (one-shot or iteratively) and fine-tune; prune_seconds: both
+                    from . import recovery
+                    layers, recovered = recovery.run(
+                        model, tokenizer, cfg, spec.recovery, config.finetune, calibration, cache=recovery_cache,
+                        work=Path(f"{store.path}.work") / run_key(identity), run_identity=identity, progress=progress)
+                else:
+                    layers = prune_model(model, algorithm, cfg.pattern_obj(), calibration, device=cfg.device,
+                                         progress=progress, post=cfg.post_steps())
                 prune_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 metrics, problem = evaluator(model, progress)
@@ -359,7 +381,8 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
                     metrics["mean_reconstruction_error"] = sum(errors) / len(errors)
                 record = {"prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "config": cfg.to_dict(),
                           "algorithm_options": algorithm.options(),
-                          "calibration": calibration_cache[cfg.calibration][1] if cfg.needs_calibration else None}
+                          "calibration": calibration_cache[cfg.calibration][1] if cfg.needs_calibration else None,
+                          **(recovered or {})}
                 if config.save_dir:
                     from ..export import save_pruned
                     out = Path(config.save_dir) / f"{spec.method}-{spec.describe().split()[-1].replace(':', 'of')}"
@@ -404,7 +427,7 @@ def _as_tuple(value, cast=str) -> tuple:
 
 
 SWEEP_KEYS = {"methods", "levels", "patterns", "models", "calibration", "options", "eval", "device", "dtype",
-              "save_dir", "store"}
+              "save_dir", "store", "finetune"}
 
 
 def sweep_config_from_dict(data: dict) -> SweepConfig:
@@ -416,6 +439,7 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
         models: [smollm2-135m]
         calibration: {corpus: c4, samples: 64, seqlen: 512, seeds: [0]}
         options: {sparsegpt: {blocksize: 64}}
+        finetune: {tokens: 40000, lr: 1e-4, iter_steps: 5}   # for methods with +ft, +lora, +iter (bench/recovery.py)
         eval: {perplexity: [wikitext2], seqlen: 512, windows: 128, tasks: [], limit: null, generate: false}
     """
     unknown = set(data) - SWEEP_KEYS
@@ -448,7 +472,8 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
                        patterns=_as_tuple(data.get("patterns")) or ("unstructured",),
                        models=_as_tuple(data.get("models")) or (DEFAULT_MODEL,), calibrations=calibrations,
                        method_options=dict(data.get("options") or {}), evaluation=protocol,
-                       device=data.get("device"), dtype=data.get("dtype", "float32"), save_dir=data.get("save_dir"))
+                       device=data.get("device"), dtype=data.get("dtype", "float32"), save_dir=data.get("save_dir"),
+                       finetune=dict(data.get("finetune") or {}))
 
 
 def _expand_tasks(value) -> tuple[str, ...]:

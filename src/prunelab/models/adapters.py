@@ -93,10 +93,15 @@ class ModelAdapter:
         return ModelAdapter.oriented(layer, layer.weight.data)
 
     @staticmethod
+    def stores_transposed(layer: nn.Module) -> bool:
+        """GPT-2's Conv1D keeps its weight as (in, out)."""
+        return isinstance(layer, Conv1D)
+
+    @staticmethod
     def oriented(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
         """A view of ``tensor`` (shaped like the layer's weight, e.g. its gradient or a mask) as (out, in), or of an
-        (out, in) tensor in the weight's own layout: GPT-2's Conv1D stores (in, out), so both ways transpose."""
-        return tensor.t() if isinstance(layer, Conv1D) else tensor
+        (out, in) tensor in the weight's own layout (for a transposed layer both ways transpose)."""
+        return tensor.t() if ModelAdapter.stores_transposed(layer) else tensor
 
     @staticmethod
     def set_weight(layer: nn.Module, weight: torch.Tensor) -> None:

@@ -142,8 +142,13 @@ def run_steps(model, data, finetune: FinetuneConfig, *, iterative: IterativeConf
         phase = Phase(model, masks, data, finetune, phase_steps[k], data_offset=steps_done, index=k,
                       resume=phase_state, progress=progress, label=label)
         left = None if stop_after is None else stop_after - steps_done
-        phase.run(checkpoint=lambda state, k=k: save("train", k, state), checkpoint_every=checkpoint_every,
-                  checkpoint_minutes=checkpoint_minutes, stop_after=left if left is not None and left < phase_steps[k] else None)
+        try:
+            phase.run(checkpoint=lambda state, k=k: save("train", k, state), checkpoint_every=checkpoint_every,
+                      checkpoint_minutes=checkpoint_minutes,
+                      stop_after=left if left is not None and left < phase_steps[k] else None)
+        except BaseException:
+            phase.abandon()  # the model object is left as it was given (no adapters attached)
+            raise
         model, log = phase.finish()
         measured = Masks.from_model(model)  # counted from the weights, not from the masks
         records[k]["finetune"] = log

@@ -62,6 +62,8 @@ class FinetuneConfig:
     debug_masks: bool = False  # check after every optimizer step that no pruned weight or its state moved
 
     def __post_init__(self):
+        if isinstance(self.lora_targets, str):  # "q_proj,v_proj" from a flag or a sweep setting
+            object.__setattr__(self, "lora_targets", tuple(t.strip() for t in self.lora_targets.split(",") if t.strip()))
         if isinstance(self.lora_targets, list):
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if (self.steps is None) == (self.tokens is None):
@@ -158,8 +160,9 @@ def wrap_lora(model, masks: Masks, config: FinetuneConfig):
     from peft import LoraConfig, get_peft_model
 
     names = lora_target_names(model, config.lora_targets)
+    transposed = any(ModelAdapter.stores_transposed(masks.layers[n]) for n in names)
     lora_config = LoraConfig(r=config.lora, lora_alpha=config.alpha, target_modules=names, lora_dropout=0.0,
-                             bias="none")
+                             bias="none", fan_in_fan_out=transposed)
     peft_model = get_peft_model(model, lora_config)
     if config.lora_merge == "masked-delta":
         modules = dict(peft_model.base_model.model.named_modules())
@@ -192,6 +195,10 @@ class Phase:
         self.base_model, self.masks, self.data, self.config = model, masks, data, config
         self.steps, self.data_offset, self.index, self.progress, self.label = steps, data_offset, index, progress, label
         torch.manual_seed(config.seed * 1_000_003 + index)
+        self.requires_grad = {p: p.requires_grad for p in model.parameters()}  # peft freezes them; put back after
+        if not config.lora:
+            for p in model.parameters():
+                p.requires_grad_(True)
         self.model = wrap_lora(model, masks, config) if config.lora else model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -281,6 +288,18 @@ class Phase:
         self.model.eval()
         return self.log
 
+    def abandon(self) -> None:
+        """Detach LoRA adapters without merging (after a failure), so the base model is plain again."""
+        if self.config.gradient_checkpointing:
+            self.base_model.gradient_checkpointing_disable()
+        if self.config.lora and self.model is not self.base_model:
+            self.model.unload()
+        self._restore_requires_grad()
+
+    def _restore_requires_grad(self) -> None:
+        for p, flag in self.requires_grad.items():
+            p.requires_grad_(flag)
+
     def finish(self) -> tuple[object, dict]:
         """End of phase: held-out loss, LoRA merged with the mask kept, final mask check. Returns (model, log)."""
         cfg = self.config
@@ -296,6 +315,7 @@ class Phase:
                                       "plain_merge_sparsity": plain}
             self.log["heldout"].append({"step": self.step, "when": "merged", "loss": after,
                                         "ppl": math.exp(min(after, 700))})
+        self._restore_requires_grad()
         bad = self.masks.violations()
         if bad["weights"]:
             raise RuntimeError(f"{bad['weights']} pruned weights are not zero after fine-tuning")
