@@ -76,10 +76,25 @@ def iter_steps(settings: dict) -> int:
     return int(settings.get("iter_steps", DEFAULT_ITER_STEPS))
 
 
-def identity(settings: dict, recovery: Recovery) -> dict:
-    ident = {"recovery": dataclasses.asdict(recovery), "finetune": finetune_config(settings, recovery).to_dict()}
+def training_data_for(ft, tokenizer, cache: dict):
+    """The fine-tuning data of ``ft``, prepared once per setting (``cache`` lives as long as the sweep's model)."""
+    from ..train.data import training_data
+
+    key = (ft.train, ft.split, ft.seqlen, ft.heldout_fraction, ft.heldout_windows, ft.seed)
+    if key not in cache:
+        cache[key] = training_data(tokenizer, ft.train, ft.split, ft.seqlen, ft.heldout_fraction,
+                                   ft.heldout_windows, seed=ft.seed)
+    return cache[key]
+
+
+def identity(settings: dict, recovery: Recovery, tokenizer=None, cache: dict | None = None) -> dict:
+    """What decides a recovery run's result beyond its pruning; with ``tokenizer``, the training tokens' checksums."""
+    ft = finetune_config(settings, recovery)
+    ident = {"recovery": dataclasses.asdict(recovery), "finetune": ft.to_dict()}
     if recovery.schedule:
         ident["iter_steps"] = iter_steps(settings)
+    if tokenizer is not None:
+        ident["data"] = training_data_for(ft, tokenizer, cache if cache is not None else {}).identity
     return ident
 
 
@@ -91,15 +106,10 @@ def run(model, tokenizer, prune_config, recovery: Recovery, settings: dict, cali
     from ..engine import LayerReport, prune_model
     from ..models import ModelAdapter
     from ..train.checkpoint import WorkDir
-    from ..train.data import training_data
     from ..train.loop import IterativeConfig, run_steps
 
     ft = finetune_config(settings, recovery)
-    key = (ft.train, ft.split, ft.seqlen, ft.heldout_fraction, ft.heldout_windows, ft.seed)
-    if key not in cache:
-        cache[key] = training_data(tokenizer, ft.train, ft.split, ft.seqlen, ft.heldout_fraction,
-                                   ft.heldout_windows, seed=ft.seed)
-    data = cache[key]
+    data = training_data_for(ft, tokenizer, cache)
     workdir = WorkDir(work, run_identity) if work is not None else None
     resume = workdir.load(force=True) if workdir is not None else None
     started = time.perf_counter()
@@ -119,7 +129,7 @@ def run(model, tokenizer, prune_config, recovery: Recovery, settings: dict, cali
         workdir.remove()
     logs = [s["finetune"] for s in steps_record["steps"]]
     part = {"recovery": {**dataclasses.asdict(recovery), "describe": recovery.describe(),
-                         "finetune": ft.to_dict(), "data": data.identity,
+                         "finetune": ft.to_dict(), "data": {**data.identity, "provenance": data.provenance},
                          "steps": [{k: v for k, v in s.items() if k != "finetune"}
                                    | {"heldout": s["finetune"]["heldout"], "tokens": s["finetune"]["tokens"]}
                                    for s in steps_record["steps"]],

@@ -356,7 +356,7 @@ def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = 
                         "eval": evaluator.identity, "versions": key_versions}
             if spec.recovery is not None:
                 from . import recovery
-                identity["recovery"] = recovery.identity(config.finetune, spec.recovery)
+                identity["recovery"] = recovery.identity(config.finetune, spec.recovery, tokenizer, recovery_cache)
 
             def work(spec=spec, cfg=cfg, algorithm=algorithm, identity=identity):
                 _restore(model, snapshot)

@@ -14,7 +14,7 @@ def add_training_flags(p: argparse.ArgumentParser, steps_flag: str) -> None:
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--train", default="c4", help="training corpus: c4 (the local sample; default), wikitext2, ptb, "
                    "a .txt/.jsonl file or hf:DATASET[:CONFIG]; documents are split into train and held-out")
-    g.add_argument("--train-split", help="default: train for c4, validation for the local wikitext2/ptb")
+    g.add_argument("--train-split", help="split of the training corpus (default train)")
     budget = g.add_mutually_exclusive_group(required=True)
     budget.add_argument(steps_flag, dest="train_steps", type=int, help="optimizer steps (in total, over all phases)")
     budget.add_argument("--tokens", type=int, help="training tokens in total; steps = tokens // (batch x seqlen)")

@@ -161,7 +161,8 @@ def finetune(model: str = DEFAULT_MODEL, *, out: str | Path, config: FinetuneCon
             record["eval_before_finetune"] = record.pop("eval")
         previous = record.pop("finetune", None)
         record["finetune"] = {
-            "config": config.to_dict(), "data": data.identity, "source": {"model": str(model), **identity["model"]},
+            "config": config.to_dict(), "data": {**data.identity, "provenance": data.provenance},
+            "source": {"model": str(model), **identity["model"]},
             "losses": step["finetune"]["losses"], "heldout": step["finetune"]["heldout"],
             "lora_merge": step["finetune"].get("lora_merge"), **_train_totals(steps_record),
             "sparsity_before": before["sparsity"], "sparsity_after": after["sparsity"],
@@ -220,7 +221,8 @@ def iterative(model: str = DEFAULT_MODEL, *, method: str, target: float, out: st
                   "calibration": calib_info,
                   "iterative": {**config.to_dict(), "initial": steps_record["initial"],
                                 "phase_steps": steps_record["phase_steps"], "steps_record": steps_record["steps"]},
-                  "finetune": {"config": finetune.to_dict(), "data": data.identity, **_train_totals(steps_record),
+                  "finetune": {"config": finetune.to_dict(), "data": {**data.identity, "provenance": data.provenance},
+                               **_train_totals(steps_record),
                                "torch_threads": torch.get_num_threads()},
                   "summary": summary}
         if steps_record["steps"] and "eval" in steps_record["steps"][-1]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import load_corpus, tensor_sha256
-from ..data.calibration import STREAM_CORPORA
 
 
 @dataclass
@@ -26,6 +25,7 @@ class TrainingData:
     heldout: torch.Tensor  # (windows, seqlen)
     seed: int
     identity: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
     _perms: dict = field(default_factory=dict, repr=False)
 
     def batch(self, step: int, size: int) -> torch.Tensor:
@@ -60,11 +60,11 @@ def training_data(tokenizer, corpus: str = "c4", split: str | None = None, seqle
     """Load ``corpus`` (anything ``load_corpus`` reads), split it into train / held-out and pack both."""
     if not 0 < heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-    split = split or ("train" if corpus == "c4" else "validation" if corpus in STREAM_CORPORA else "train")
+    split = split or "train"  # never an evaluation split unless asked for
     data = load_corpus(corpus, split)
     eos = tokenizer.eos_token_id
     rows = [r for r in data.rows if r.strip()]
-    if data.name in STREAM_CORPORA or len(rows) < 2:
+    if data.stream or len(rows) < 2:
         stream = _pack(tokenizer, [data.joined()], 1, None).flatten()
         cut = int(stream.numel() * (1 - heldout_fraction))
         train = stream[:cut][: cut // seqlen * seqlen].view(-1, seqlen)
@@ -85,12 +85,13 @@ def training_data(tokenizer, corpus: str = "c4", split: str | None = None, seqle
         raise ValueError(f"{corpus}/{split} is too small for windows of {seqlen} tokens after holding out "
                          f"{heldout_fraction:g} of it ({train.shape[0]} train and {held.shape[0]} held-out windows); "
                          "use a shorter --seqlen or a larger corpus")
-    identity = {"corpus": corpus, "split": split, "source": data.source, "data_sha256": data.sha256,
+    # where the file was read from is provenance, not identity (its checksum decides the data)
+    identity = {"corpus": corpus, "split": data.split, "data_sha256": data.sha256,
                 "seqlen": seqlen, "eos_token_id": eos, "split_rule": split_info,
                 "heldout_fraction": heldout_fraction, "train_windows": int(train.shape[0]),
                 "heldout_windows": int(held.shape[0]), "train_tokens_sha256": tensor_sha256(train),
                 "heldout_tokens_sha256": tensor_sha256(held), "order_seed": seed}
-    return TrainingData(train, held, seed, identity)
+    return TrainingData(train, held, seed, identity, provenance=dict(data.provenance or {"source": data.source}))
 
 
 @torch.no_grad()
