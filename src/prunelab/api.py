@@ -71,8 +71,9 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
     config = config or PruneConfig(**config_fields)
     if out is not None:
         check_output_dir(out, force)
-    pattern = config.pattern_obj()
-    algorithm = config.algorithm()
+    structured = config.structure is not None
+    pattern = None if structured else config.pattern_obj()
+    algorithm = None if structured else config.algorithm()
     log = lambda message: _log(progress, message)  # noqa: E731
     calib_corpus = (load_corpus(config.calibration.corpus, config.calibration.split, log=log)
                     if config.needs_calibration else None)
@@ -89,34 +90,59 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         _log(progress, f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.corpus}/{calib.split} "
                        f"({calib_corpus.source}), seed {calib.seed}")
         calibration, calib_info = calibration_data(tokenizer, calib, calib_corpus)
-    _log(progress, f"pruning with {config.method}, {pattern.describe()}, on {config.device}")
     start = time.perf_counter()
-    layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
-                         post=config.post_steps())
+    structure_record = None
+    if structured:
+        from .engine.structured import prune_structured
+
+        _log(progress, f"structured pruning with {config.method}: remove {config.sparsity:g} of the decoder blocks' "
+                       f"parameters as {config.structure}, on {config.device}")
+        structure_record = prune_structured(model, config.structured_spec(), calibration, device=config.device,
+                                            progress=progress)
+        layer_dicts = structure_record.pop("layers")
+        errors = [r["reconstruction_error"] for r in layer_dicts if r.get("reconstruction_error") is not None]
+    else:
+        _log(progress, f"pruning with {config.method}, {pattern.describe()}, on {config.device}")
+        layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
+                             post=config.post_steps())
+        layer_dicts = [r.to_dict() for r in layers]
+        errors = [r.reconstruction_error for r in layers if r.reconstruction_error is not None]
     prune_seconds = time.perf_counter() - start
     summary = sparsity_summary(model)
-    errors = [r.reconstruction_error for r in layers if r.reconstruction_error is not None]
     if errors:
         summary["mean_reconstruction_error"] = sum(errors) / len(errors)
-    _log(progress, f"pruned in {prune_seconds:.1f}s: sparsity {summary['sparsity']:.4f} of "
-                   f"{summary['prunable_params'] / 1e6:.1f}M prunable weights"
-                   + (f", mean layer reconstruction error {summary['mean_reconstruction_error']:.4f}" if errors else ""))
+    if structured:
+        summary.update({k: structure_record[k] for k in ("achieved_sparsity", "block_params_before",
+                                                          "block_params_after", "total_params_before",
+                                                          "total_params_after")})
+        _log(progress, f"pruned in {prune_seconds:.1f}s: removed {summary['achieved_sparsity']:.4f} of the decoder "
+                       f"blocks' parameters ({summary['block_params_before'] / 1e6:.2f}M -> "
+                       f"{summary['block_params_after'] / 1e6:.2f}M; model {summary['total_params_after'] / 1e6:.1f}M)"
+                       + (f", mean reconstruction error {summary['mean_reconstruction_error']:.4f}" if errors else ""))
+        for note in structure_record["notes"]:
+            _log(progress, f"note: {note}")
+    else:
+        _log(progress, f"pruned in {prune_seconds:.1f}s: sparsity {summary['sparsity']:.4f} of "
+                       f"{summary['prunable_params'] / 1e6:.1f}M prunable weights"
+                       + (f", mean layer reconstruction error {summary['mean_reconstruction_error']:.4f}" if errors else ""))
 
     record = {
         "prunelab_record": 1,
         "created": timestamp(),
         "config": config.to_dict(),
-        "algorithm_options": algorithm.options(),
+        "algorithm_options": algorithm.options() if algorithm else config.structured_spec().to_dict(),
         "model_source": {"kind": source.kind, "location": source.location, **source.identity},
         "calibration": calib_info,
         "summary": summary,
         "prune_seconds": prune_seconds,
         "load_seconds": load_seconds,
         "peak_rss_bytes": peak_rss_bytes(),
-        "layers": [r.to_dict() for r in layers],
+        "layers": layer_dicts,
         "versions": package_versions(),
         "host": host_description(),
     }
+    if structure_record is not None:
+        record["structured"] = structure_record
     result = PruneResult(model, tokenizer, record)
     if out is not None:
         result.out = save_pruned(model, tokenizer, out, record, force=force)

@@ -28,14 +28,23 @@ def _method_options(pairs: list[str]) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from .algorithms import available
+    from .algorithms.structured import STRUCTURED_METHODS
 
     parser = argparse.ArgumentParser(prog="prunelab", description="Prune and evaluate causal language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune a model and save it as a Hugging Face folder")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedded name, HF folder, hub id or .gguf (default {DEFAULT_MODEL})")
-    p.add_argument("--method", required=True, choices=available())
-    p.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1)")
+    p.add_argument("--method", required=True, choices=sorted(set(available()) | set(STRUCTURED_METHODS)),
+                   help="unstructured: any registered algorithm; with --structure: magnitude, wanda, flap, obs "
+                   "(channels/heads) or block-influence (blocks)")
+    p.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1); with "
+                   "--structure: fraction of the decoder blocks' parameters to remove")
+    p.add_argument("--structure", choices=["channels", "heads", "channels,heads", "heads,channels", "blocks"],
+                   help="structured pruning: physically remove MLP channels, attention heads or whole blocks "
+                   "(the saved model is smaller)")
+    p.add_argument("--allocation", help="structured widths: uniform (default, same in every block) or adaptive "
+                   "(FLAP's per-block widths, saved zero-padded to the widest block)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M (N zeroed of every M, e.g. 2:4)")
     p.add_argument("--scope", choices=["layer", "row", "global"], help="where unstructured sparsity is counted "
                    "(default: the method's; wanda=row, others=layer; global = one threshold over all layers)")
@@ -200,18 +209,22 @@ def _prune(args) -> int:
 
     calibration = _calibration(args)
     sparsity = args.sparsity
-    if sparsity is None and args.pattern == "unstructured":
+    if sparsity is None and args.pattern == "unstructured" and not args.structure:
         raise ValueError("--sparsity is required for unstructured pruning (or give --pattern N:M)")
     config = PruneConfig(method=args.method, model=args.model, sparsity=sparsity, pattern=args.pattern,
                          scope=args.scope, method_options=_method_options(args.opt), calibration=calibration,
                          device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          refine=args.refine, refit=args.refit, diagnostics=args.diagnostics,
-                         bias_correction=args.bias_correction)
+                         bias_correction=args.bias_correction, structure=args.structure,
+                         allocation=args.allocation)
     result = prune(config, out=args.out, force=args.force, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                    eval_windows=args.eval_windows, progress=not args.quiet)
     rec = result.record
     summary = {"out": str(result.out), "sparsity": rec["summary"]["sparsity"], "prune_seconds": rec["prune_seconds"],
                "peak_rss_mb": rec["peak_rss_bytes"] / 2**20}
+    if "achieved_sparsity" in rec["summary"]:  # structured: the fraction of block parameters actually removed
+        summary["achieved_sparsity"] = rec["summary"]["achieved_sparsity"]
+        summary["params"] = rec["summary"]["total_params_after"]
     for name, ev in rec.get("eval", {}).items():
         summary[f"{name}_ppl"] = ev["ppl"]
     print(json.dumps(summary, indent=2))

@@ -47,15 +47,23 @@ class PruneConfig:
     refit: bool = False  # least-squares weights on the final support (PCG)
     diagnostics: bool | None = None  # per-layer reconstruction error; None: whenever calibration runs anyway
     bias_correction: bool | None = None  # None: the method's default (MAMA: on)
+    structure: str | None = None  # channels | heads | channels,heads | blocks: remove whole units (structured.py)
+    allocation: str | None = None  # structured: uniform (default) or adaptive (FLAP's per-block widths)
 
     def __post_init__(self):
-        algorithm = get_algorithm(self.method, **self.method_options)  # raises on unknown method/options
-        if self.scope is not None and self.scope not in algorithm.scopes:
-            raise ValueError(f"{self.method} supports scopes {algorithm.scopes}, not {self.scope!r}")
-        pattern = self.pattern_obj()  # raises on bad sparsity / pattern
-        post = self.post_steps()  # raises on unknown refinement
-        if pattern.scope == "global" and post.needs(algorithm):
-            raise ValueError("global scope works with data-free scores only; drop --refine/--refit/--diagnostics")
+        if self.structure is not None:
+            self.structured_spec()  # raises on bad structure / method / sparsity / options
+            if self.pattern != "unstructured" or self.scope is not None or self.refine is not None:
+                raise ValueError("--pattern, --scope and --refine are for unstructured pruning; with --structure the "
+                                 "units removed are whole channels, heads or blocks")
+        else:
+            algorithm = get_algorithm(self.method, **self.method_options)  # raises on unknown method/options
+            if self.scope is not None and self.scope not in algorithm.scopes:
+                raise ValueError(f"{self.method} supports scopes {algorithm.scopes}, not {self.scope!r}")
+            pattern = self.pattern_obj()  # raises on bad sparsity / pattern
+            post = self.post_steps()  # raises on unknown refinement
+            if pattern.scope == "global" and post.needs(algorithm):
+                raise ValueError("global scope works with data-free scores only; drop --refine/--refit/--diagnostics")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
         if self.calibration is None:
@@ -77,13 +85,31 @@ class PruneConfig:
     def post_steps(self) -> PostSteps:
         return PostSteps(self.refine, self.refit, self.diagnostics, self.bias_correction)
 
+    def structured_spec(self):
+        """The structured-pruning settings (``structure`` set); method options: round_to, dampening."""
+        from .engine.structured import StructuredSpec
+
+        if self.sparsity is None:
+            raise ValueError("structured pruning needs --sparsity: the fraction of decoder-block parameters to remove")
+        try:
+            return StructuredSpec(self.structure, float(self.sparsity), self.method, refit=self.refit,
+                                  bias=self.bias_correction, allocation=self.allocation or "uniform",
+                                  diagnostics=self.diagnostics, **self.method_options)
+        except TypeError as exc:
+            raise ValueError(f"bad options for structured {self.method}: {exc}; it accepts round_to, dampening") from None
+
     @property
     def needs_calibration(self) -> bool:
+        if self.structure is not None:
+            return self.structured_spec().needs_calibration
         return bool(self.post_steps().needs(self.algorithm())) and not self.pattern_obj().is_noop
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["pattern_resolved"] = self.pattern_obj().to_dict()
+        if self.structure is not None:
+            d["structured_resolved"] = self.structured_spec().to_dict()
+        else:
+            d["pattern_resolved"] = self.pattern_obj().to_dict()
         return d
 
     @classmethod

@@ -7,6 +7,7 @@ with forward pre-hooks during one ordinary forward pass, so no family's attentio
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,121 @@ FAMILIES = (
     Family("gpt2", ("gpt2",), "transformer.h", "transformer.ln_f"),
 )
 SUPPORTED_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.model_types)
+
+
+# -- structure: which tensors make up a removable unit, and how a smaller model is described ---------------------
+@dataclass(frozen=True)
+class UnitMap:
+    """Where one kind of removable unit lives inside a block (module paths relative to the block).
+
+    channels: unit j is output row j of every producer and input column j of the consumer (an MLP channel).
+    heads: query head h is rows h·d … (h+1)·d − 1 of the query projection and the same input columns of the output
+    projection (d = head_dim); key/value group k (rows k·d … of each kv projection) serves query heads
+    k·q … (k+1)·q − 1, q = query heads per group (transformers' repeat_kv order).
+    """
+    producers: tuple[str, ...]
+    consumer: str
+    width_key: str | None = None  # channels: config key of the width
+    kv: tuple[str, ...] = ()  # heads: key and value projections
+    attention: str | None = None  # heads: the attention module (holds head_dim and num_key_value_groups)
+
+
+_GATED_MLP = UnitMap(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", width_key="intermediate_size")
+_LLAMA_HEADS = UnitMap(("self_attn.q_proj",), "self_attn.o_proj", kv=("self_attn.k_proj", "self_attn.v_proj"),
+                       attention="self_attn")
+UNIT_MAPS = {
+    "channels": {"llama": _GATED_MLP, "gemma": _GATED_MLP, "opt": UnitMap(("fc1",), "fc2", width_key="ffn_dim"),
+                 "gpt2": UnitMap(("mlp.c_fc",), "mlp.c_proj", width_key="n_inner")},
+    # OPT and GPT-2 derive head size from hidden_size / heads, so a model with fewer heads cannot be described by
+    # their configs (no head_dim key) and would not load with stock transformers: heads are not offered there.
+    "heads": {"llama": _LLAMA_HEADS, "gemma": _LLAMA_HEADS},
+}
+# Config flags (by model type) that give every Linear of that kind a bias, so a compensation bias added to the
+# consumer survives save and stock loading (the other layers get zero biases). Not listed: no such flag exists
+# (Mistral, Qwen2, Gemma MLPs); GPT-2's c_proj always has a bias.
+BIAS_FLAGS = {
+    "channels": {"llama": "mlp_bias", "smollm3": "mlp_bias", "opt": "enable_bias"},
+    "heads": {"llama": "attention_bias", "smollm3": "attention_bias", "qwen3": "attention_bias", "gemma":
+              "attention_bias", "gemma2": "attention_bias", "gemma3_text": "attention_bias", "opt": "enable_bias"},
+}
+STRUCTURE_UNSUPPORTED = {"phi3": "its fused qkv_proj/gate_up_proj layers are not mapped to units yet"}
+PER_LAYER_CONFIG_LISTS = ("layer_types", "no_rope_layers")  # config lists with one entry per decoder block
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """One kind of removable unit in one block, as the engine plans it."""
+    kind: str  # "channels" | "heads"
+    consumer: str  # name (relative to the block) of the layer whose input columns the units are
+    count: int  # units now in the block
+    unit_size: int  # consumer input columns (and producer rows) per unit: 1, or head_dim
+    groups: int  # key/value groups the units are split into (heads); 1 for channels
+    unit_params: int  # parameters one unit carries (its producer rows and biases, its consumer columns)
+    group_params: int  # parameters of one key/value group's own k and v rows (heads); 0 for channels
+
+    @property
+    def per_group(self) -> int:
+        return self.count // self.groups
+
+
+def _rows(units, size: int) -> torch.Tensor:
+    """Row (or column) indices of ``units`` when each unit spans ``size`` consecutive rows."""
+    units = torch.as_tensor(list(units), dtype=torch.long)
+    return (units[:, None] * size + torch.arange(size)).flatten()
+
+
+def _keep_outputs(layer: nn.Module, index: torch.Tensor) -> None:
+    """Keep only these output features of a Linear (rows) or Conv1D (columns of its transposed weight)."""
+    w = layer.weight.data
+    layer.weight = nn.Parameter(w[:, index].clone() if isinstance(layer, Conv1D) else w[index].clone(),
+                                requires_grad=layer.weight.requires_grad)
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias.data[index].clone(), requires_grad=layer.bias.requires_grad)
+    if isinstance(layer, Conv1D):
+        layer.nf = len(index)
+    else:
+        layer.out_features = len(index)
+
+
+def _keep_inputs(layer: nn.Module, index: torch.Tensor) -> None:
+    w = layer.weight.data
+    layer.weight = nn.Parameter(w[index].clone() if isinstance(layer, Conv1D) else w[:, index].clone(),
+                                requires_grad=layer.weight.requires_grad)
+    if isinstance(layer, Conv1D):
+        layer.nx = len(index)
+    else:
+        layer.in_features = len(index)
+
+
+def _scatter_outputs(layer: nn.Module, index: torch.Tensor, size: int) -> None:
+    """Grow a layer to ``size`` outputs, its current outputs landing at ``index`` and zeros elsewhere."""
+    w = layer.weight.data
+    if isinstance(layer, Conv1D):
+        new = w.new_zeros(w.shape[0], size)
+        new[:, index] = w
+        layer.nf = size
+    else:
+        new = w.new_zeros(size, w.shape[1])
+        new[index] = w
+        layer.out_features = size
+    layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
+    if layer.bias is not None:
+        bias = layer.bias.data.new_zeros(size)
+        bias[index] = layer.bias.data
+        layer.bias = nn.Parameter(bias, requires_grad=layer.bias.requires_grad)
+
+
+def _scatter_inputs(layer: nn.Module, index: torch.Tensor, size: int) -> None:
+    w = layer.weight.data
+    if isinstance(layer, Conv1D):
+        new = w.new_zeros(size, w.shape[1])
+        new[index] = w
+        layer.nx = size
+    else:
+        new = w.new_zeros(w.shape[0], size)
+        new[:, index] = w
+        layer.in_features = size
+    layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
 
 
 def _get(root: nn.Module, path: str | None):
@@ -112,6 +228,175 @@ class ModelAdapter:
         for i, block in enumerate(self.blocks):
             for name, layer in self.prunable_layers(block).items():
                 yield f"{self.family.blocks}.{i}.{name}", layer
+
+    # -- structure (units of structured pruning) ------------------------------------------------------------------
+    def unit_map(self, kind: str) -> UnitMap:
+        model_type = self.model.config.model_type
+        if model_type in STRUCTURE_UNSUPPORTED:
+            raise ValueError(f"structured pruning of {model_type} is not supported: {STRUCTURE_UNSUPPORTED[model_type]}")
+        maps = UNIT_MAPS.get(kind)
+        if maps is None:
+            raise ValueError(f"unknown unit kind {kind!r}; kinds: {', '.join(UNIT_MAPS)}")
+        if self.family.name not in maps:
+            offered = [k for k, m in UNIT_MAPS.items() if self.family.name in m]
+            raise ValueError(f"{kind} cannot be removed from {model_type} models in a form stock transformers can load "
+                             f"(its config has no head_dim); structures available for it: {', '.join(offered + ['blocks'])}")
+        return maps[self.family.name]
+
+    def units(self, block: nn.Module, kind: str) -> UnitGroup:
+        m = self.unit_map(kind)
+        consumer = block.get_submodule(m.consumer)
+        producers = [block.get_submodule(p) for p in m.producers]
+        if kind == "channels":
+            count, size, groups, group_params = self.get_weight(consumer).shape[1], 1, 1, 0
+        else:
+            attention = block.get_submodule(m.attention)
+            size = attention.head_dim
+            count = self.get_weight(consumer).shape[1] // size
+            kv = [block.get_submodule(p) for p in m.kv]
+            groups = self.get_weight(kv[0]).shape[0] // size
+            group_params = sum(size * (self.get_weight(k).shape[1] + (k.bias is not None)) for k in kv)
+        unit_params = size * (self.get_weight(consumer).shape[0]
+                              + sum(self.get_weight(p).shape[1] + (p.bias is not None) for p in producers))
+        return UnitGroup(kind, m.consumer, count, size, groups, unit_params, group_params)
+
+    def unit_weights(self, block: nn.Module, kind: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(producer weights, consumer weight), each (out, in) in fp32: rows of producers and columns of the
+        consumer are grouped unit by unit, ``unit_size`` each."""
+        m = self.unit_map(kind)
+        producers = [self.get_weight(block.get_submodule(p)).float() for p in m.producers]
+        return producers, self.get_weight(block.get_submodule(m.consumer)).float()
+
+    def remove_units(self, block: nn.Module, kind: str, keep) -> None:
+        """Physically remove every unit of ``kind`` not in ``keep`` (indices in the block's current numbering).
+
+        Heads: every key/value group that keeps a query head must keep the same number of them (transformers'
+        attention repeats each kv head for a fixed number of query heads); a group that keeps none loses its k/v.
+        """
+        m = self.unit_map(kind)
+        group = self.units(block, kind)
+        keep = sorted(int(u) for u in keep)
+        if not keep or len(set(keep)) != len(keep) or keep[0] < 0 or keep[-1] >= group.count:
+            raise ValueError(f"keep must be distinct unit indices in [0, {group.count}) with at least one, got {keep}")
+        if kind == "heads":
+            per_group = Counter(h // group.per_group for h in keep)
+            if len(set(per_group.values())) != 1:
+                raise ValueError(f"every key/value group that keeps query heads must keep the same number; "
+                                 f"kept per group: {dict(per_group)}")
+            kv_rows = _rows(sorted(per_group), group.unit_size)
+            for name in m.kv:
+                _keep_outputs(block.get_submodule(name), kv_rows)
+            block.get_submodule(m.attention).num_key_value_groups = next(iter(per_group.values()))
+        rows = _rows(keep, group.unit_size)
+        for name in m.producers:
+            _keep_outputs(block.get_submodule(name), rows)
+        _keep_inputs(block.get_submodule(m.consumer), rows)
+
+    def set_consumer(self, block: nn.Module, kind: str, weight: torch.Tensor, bias_delta: torch.Tensor | None = None):
+        """Write the consumer's (out, in) weight and add ``bias_delta`` to its bias (created as zeros if absent)."""
+        layer = block.get_submodule(self.unit_map(kind).consumer)
+        self.set_weight(layer, weight)
+        if bias_delta is not None:
+            if layer.bias is None:
+                out = self.get_weight(layer).shape[0]
+                layer.bias = nn.Parameter(layer.weight.new_zeros(out), requires_grad=layer.weight.requires_grad)
+            layer.bias.data.add_(bias_delta.to(layer.bias))
+
+    def can_store_bias(self, kind: str) -> bool:
+        """Whether a bias added to the consumer of ``kind`` survives save and stock loading."""
+        consumer = self.unit_map(kind).consumer
+        return (self.model.config.model_type in BIAS_FLAGS[kind]
+                or all(b.get_submodule(consumer).bias is not None for b in self.blocks))
+
+    def remove_blocks(self, indices) -> None:
+        """Delete whole decoder blocks; the rest are renumbered and per-layer config lists follow."""
+        config = self.model.config
+        drop = sorted(set(int(i) for i in indices))
+        n = len(self.blocks)
+        if not drop or drop[0] < 0 or drop[-1] >= n or len(drop) >= n:
+            raise ValueError(f"blocks to remove must be distinct indices in [0, {n}), fewer than {n}; got {drop}")
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            raise ValueError("this GPT-2 model scales attention by 1/(layer index); removing blocks would change the "
+                             "scale of every later block, so depth pruning is refused")
+        kept = [i for i in range(n) if i not in drop]
+        for key in PER_LAYER_CONFIG_LISTS:
+            values = getattr(config, key, None)
+            if isinstance(values, (list, tuple)) and len(values) == n:
+                setattr(config, key, [values[i] for i in kept])
+        for i in reversed(drop):
+            del self.blocks[i]
+        for new_index, block in enumerate(self.blocks):
+            for module in block.modules():  # the KV cache (and its layer types) is indexed by layer_idx
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new_index
+        config.num_hidden_layers = len(self.blocks)
+
+    def write_structure(self, kinds) -> dict:
+        """After units were removed: write the smaller config, padding every block to the widest one with zero
+        units where widths differ (exact: a zero unit adds nothing), and turning on bias flags where a consumer
+        gained a bias. Returns {kind: {"width": ..., "padded_blocks": [...]}}. Checked against a model built from
+        the new config (meta device), so a mismatch fails here instead of at load time."""
+        config = self.model.config
+        written = {}
+        for kind in kinds:
+            m = self.unit_map(kind)
+            groups = [self.units(b, kind) for b in self.blocks]
+            if kind == "channels":
+                width = max(g.count for g in groups)
+                padded = [i for i, g in enumerate(groups) if g.count < width]
+                for i in padded:
+                    self._pad_units(self.blocks[i], kind, 1, width)
+                setattr(config, m.width_key, width)
+                written[kind] = {"width": width, "padded_blocks": padded}
+            else:
+                n_kv, per_group = max(g.groups for g in groups), max(g.per_group for g in groups)
+                padded = [i for i, g in enumerate(groups) if (g.groups, g.per_group) != (n_kv, per_group)]
+                for i in padded:
+                    self._pad_units(self.blocks[i], kind, n_kv, per_group)
+                config.num_attention_heads, config.num_key_value_heads = n_kv * per_group, n_kv
+                config.head_dim = groups[0].unit_size  # explicit: no longer hidden_size / heads
+                written[kind] = {"heads": n_kv * per_group, "kv_heads": n_kv, "head_dim": groups[0].unit_size,
+                                 "padded_blocks": padded}
+            flag = BIAS_FLAGS[kind].get(config.model_type)
+            if flag and any(b.get_submodule(m.consumer).bias is not None for b in self.blocks):
+                setattr(config, flag, True)  # the skeleton check below then adds the zero biases the flag implies
+        self._match_config_skeleton()
+        return written
+
+    def _pad_units(self, block: nn.Module, kind: str, groups: int, per_group: int) -> None:
+        """Grow a block to ``groups`` × ``per_group`` units with zero units (heads keep their group layout)."""
+        m = self.unit_map(kind)
+        now = self.units(block, kind)
+        if kind == "channels":
+            units = list(range(now.count))
+        else:  # head j of kept group k lands at k·per_group + j; kept groups stay first
+            units = [k * per_group + j for k in range(now.groups) for j in range(now.per_group)]
+            kv_rows = _rows(range(now.groups), now.unit_size)
+            for name in m.kv:
+                _scatter_outputs(block.get_submodule(name), kv_rows, groups * now.unit_size)
+            block.get_submodule(m.attention).num_key_value_groups = per_group
+        rows = _rows(units, now.unit_size)
+        for name in m.producers:
+            _scatter_outputs(block.get_submodule(name), rows, groups * per_group * now.unit_size)
+        _scatter_inputs(block.get_submodule(m.consumer), rows, groups * per_group * now.unit_size)
+
+    def _match_config_skeleton(self) -> None:
+        """Build the model class from the current config on the meta device; add the zero biases it expects and
+        fail if any tensor's name or shape differs (the saved folder would not load with stock transformers)."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(self.model.config)
+        expected = dict(skeleton.named_parameters())
+        for name, module in self.model.named_modules():
+            if isinstance(module, (nn.Linear, Conv1D)) and module.bias is None and f"{name}.bias" in expected:
+                out = self.get_weight(module).shape[0]
+                module.bias = nn.Parameter(module.weight.new_zeros(out), requires_grad=module.weight.requires_grad)
+        have = dict(self.model.named_parameters())
+        wrong = sorted(n for n in set(expected) | set(have)
+                       if n not in expected or n not in have or tuple(expected[n].shape) != tuple(have[n].shape))
+        if wrong:
+            raise RuntimeError(f"the pruned model does not match its config; first differences: {wrong[:5]}")
 
     # -- running blocks ----------------------------------------------------------------------------------------
     def _forward_ids(self, input_ids: torch.Tensor):
