@@ -46,6 +46,7 @@ class UnitMap:
     producers: tuple[str, ...]
     consumer: str
     width_key: str | None = None  # channels: config key of the width
+    fused: int = 1  # each producer stacks this many blocks of unit rows (Phi-3's gate_up_proj: gate, then up)
     kv: tuple[str, ...] = ()  # heads: key and value projections
     attention: str | None = None  # heads: the attention module (holds head_dim and num_key_value_groups)
 
@@ -53,12 +54,18 @@ class UnitMap:
 _GATED_MLP = UnitMap(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", width_key="intermediate_size")
 _LLAMA_HEADS = UnitMap(("self_attn.q_proj",), "self_attn.o_proj", kv=("self_attn.k_proj", "self_attn.v_proj"),
                        attention="self_attn")
-UNIT_MAPS = {
+UNIT_MAPS = {  # by model type first, then by family
     "channels": {"llama": _GATED_MLP, "gemma": _GATED_MLP, "opt": UnitMap(("fc1",), "fc2", width_key="ffn_dim"),
-                 "gpt2": UnitMap(("mlp.c_fc",), "mlp.c_proj", width_key="n_inner")},
-    # OPT and GPT-2 derive head size from hidden_size / heads, so a model with fewer heads cannot be described by
-    # their configs (no head_dim key) and would not load with stock transformers: heads are not offered there.
+                 "gpt2": UnitMap(("mlp.c_fc",), "mlp.c_proj", width_key="n_inner"),
+                 "phi3": UnitMap(("mlp.gate_up_proj",), "mlp.down_proj", width_key="intermediate_size", fused=2)},
     "heads": {"llama": _LLAMA_HEADS, "gemma": _LLAMA_HEADS},
+}
+# Why a kind is not offered (the model could not be described by a stock config, or not pruned block by block).
+UNITS_NOT_OFFERED = {
+    ("heads", "opt"): "its config derives the head size from hidden_size / heads (no head_dim key)",
+    ("heads", "gpt2"): "its config derives the head size from hidden_size / heads (no head_dim key)",
+    ("heads", "phi3"): "its attention reads num_attention_heads from the shared config in every forward, so heads "
+                       "cannot be removed one block at a time",
 }
 # Config flags (by model type) that give every Linear of that kind a bias, so a compensation bias added to the
 # consumer survives save and stock loading (the other layers get zero biases). Not listed: no such flag exists
@@ -68,7 +75,6 @@ BIAS_FLAGS = {
     "heads": {"llama": "attention_bias", "smollm3": "attention_bias", "qwen3": "attention_bias", "gemma":
               "attention_bias", "gemma2": "attention_bias", "gemma3_text": "attention_bias", "opt": "enable_bias"},
 }
-STRUCTURE_UNSUPPORTED = {"phi3": "its fused qkv_proj/gate_up_proj layers are not mapped to units yet"}
 PER_LAYER_CONFIG_LISTS = ("layer_types", "no_rope_layers")  # config lists with one entry per decoder block
 
 
@@ -92,6 +98,12 @@ def _rows(units, size: int) -> torch.Tensor:
     """Row (or column) indices of ``units`` when each unit spans ``size`` consecutive rows."""
     units = torch.as_tensor(list(units), dtype=torch.long)
     return (units[:, None] * size + torch.arange(size)).flatten()
+
+
+def _producer_rows(units, size: int, count: int, fused: int) -> torch.Tensor:
+    """Rows of ``units`` in a producer that stacks ``fused`` blocks of ``count`` units (Phi-3: gate, then up)."""
+    rows = _rows(units, size)
+    return torch.cat([rows + k * count * size for k in range(fused)])
 
 
 def _keep_outputs(layer: nn.Module, index: torch.Tensor) -> None:
@@ -232,16 +244,16 @@ class ModelAdapter:
     # -- structure (units of structured pruning) ------------------------------------------------------------------
     def unit_map(self, kind: str) -> UnitMap:
         model_type = self.model.config.model_type
-        if model_type in STRUCTURE_UNSUPPORTED:
-            raise ValueError(f"structured pruning of {model_type} is not supported: {STRUCTURE_UNSUPPORTED[model_type]}")
-        maps = UNIT_MAPS.get(kind)
-        if maps is None:
+        if kind not in UNIT_MAPS:
             raise ValueError(f"unknown unit kind {kind!r}; kinds: {', '.join(UNIT_MAPS)}")
-        if self.family.name not in maps:
-            offered = [k for k, m in UNIT_MAPS.items() if self.family.name in m]
-            raise ValueError(f"{kind} cannot be removed from {model_type} models in a form stock transformers can load "
-                             f"(its config has no head_dim); structures available for it: {', '.join(offered + ['blocks'])}")
-        return maps[self.family.name]
+        found = lambda k: (k, model_type) not in UNITS_NOT_OFFERED and (model_type in UNIT_MAPS[k]  # noqa: E731
+                                                                         or self.family.name in UNIT_MAPS[k])
+        if not found(kind):
+            offered = [k for k in UNIT_MAPS if found(k)] + ["blocks"]
+            why = UNITS_NOT_OFFERED.get((kind, model_type), "no unit map for this family")
+            raise ValueError(f"{kind} cannot be removed from {model_type} models: {why}; structures available for "
+                             f"it: {', '.join(offered)}")
+        return UNIT_MAPS[kind].get(model_type) or UNIT_MAPS[kind][self.family.name]
 
     def units(self, block: nn.Module, kind: str) -> UnitGroup:
         m = self.unit_map(kind)
@@ -257,14 +269,15 @@ class ModelAdapter:
             groups = self.get_weight(kv[0]).shape[0] // size
             group_params = sum(size * (self.get_weight(k).shape[1] + (k.bias is not None)) for k in kv)
         unit_params = size * (self.get_weight(consumer).shape[0]
-                              + sum(self.get_weight(p).shape[1] + (p.bias is not None) for p in producers))
+                              + m.fused * sum(self.get_weight(p).shape[1] + (p.bias is not None) for p in producers))
         return UnitGroup(kind, m.consumer, count, size, groups, unit_params, group_params)
 
     def unit_weights(self, block: nn.Module, kind: str) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(producer weights, consumer weight), each (out, in) in fp32: rows of producers and columns of the
         consumer are grouped unit by unit, ``unit_size`` each."""
         m = self.unit_map(kind)
-        producers = [self.get_weight(block.get_submodule(p)).float() for p in m.producers]
+        producers = [chunk for p in m.producers  # a fused producer counts as its separate parts
+                     for chunk in self.get_weight(block.get_submodule(p)).float().chunk(m.fused, dim=0)]
         return producers, self.get_weight(block.get_submodule(m.consumer)).float()
 
     def remove_units(self, block: nn.Module, kind: str, keep) -> None:
@@ -287,10 +300,9 @@ class ModelAdapter:
             for name in m.kv:
                 _keep_outputs(block.get_submodule(name), kv_rows)
             block.get_submodule(m.attention).num_key_value_groups = next(iter(per_group.values()))
-        rows = _rows(keep, group.unit_size)
         for name in m.producers:
-            _keep_outputs(block.get_submodule(name), rows)
-        _keep_inputs(block.get_submodule(m.consumer), rows)
+            _keep_outputs(block.get_submodule(name), _producer_rows(keep, group.unit_size, group.count, m.fused))
+        _keep_inputs(block.get_submodule(m.consumer), _rows(keep, group.unit_size))
 
     def set_consumer(self, block: nn.Module, kind: str, weight: torch.Tensor, bias_delta: torch.Tensor | None = None):
         """Write the consumer's (out, in) weight and add ``bias_delta`` to its bias (created as zeros if absent)."""
@@ -375,10 +387,11 @@ class ModelAdapter:
             for name in m.kv:
                 _scatter_outputs(block.get_submodule(name), kv_rows, groups * now.unit_size)
             block.get_submodule(m.attention).num_key_value_groups = per_group
-        rows = _rows(units, now.unit_size)
+        total = groups * per_group
         for name in m.producers:
-            _scatter_outputs(block.get_submodule(name), rows, groups * per_group * now.unit_size)
-        _scatter_inputs(block.get_submodule(m.consumer), rows, groups * per_group * now.unit_size)
+            _scatter_outputs(block.get_submodule(name), _producer_rows(units, now.unit_size, total, m.fused),
+                             m.fused * total * now.unit_size)
+        _scatter_inputs(block.get_submodule(m.consumer), _rows(units, now.unit_size), total * now.unit_size)
 
     def _match_config_skeleton(self) -> None:
         """Build the model class from the current config on the meta device; add the zero biases it expects and
