@@ -172,9 +172,14 @@ def test_dsnot_refinement_keeps_the_pattern():
         assert torch.equal((w == 0).view(w.shape[0], -1, 4).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
 
 
-def test_diagnostics_auto_on_with_calibration_and_forced_for_magnitude():
+def test_diagnostics_come_with_the_hessian_and_are_opt_in_for_score_methods():
     ids = random_ids(2, 8)
+    sgpt = prune_model(tiny_model("llama"), get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=False)
+    assert all(r.reconstruction_error is not None for r in sgpt)  # XᵀX is collected anyway
     wanda = prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5, scope="row"), ids, progress=False)
+    assert all(r.reconstruction_error is None for r in wanda)  # only column norms: no XᵀX unless asked
+    wanda = prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5, scope="row"), ids, progress=False,
+                        post=PostSteps(diagnostics=True))
     assert all(r.reconstruction_error is not None for r in wanda)
     plain = prune_model(tiny_model("llama"), get_algorithm("magnitude"), Pattern(0.5), None, progress=False)
     assert all(r.reconstruction_error is None for r in plain)

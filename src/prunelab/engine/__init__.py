@@ -1,4 +1,4 @@
-from .sequential import LayerReport, PostSteps, prune_model, relative_reconstruction_error
+from .sequential import EngineOptions, LayerReport, ModelBlocks, PostSteps, prune_model, relative_reconstruction_error
 from ..stats import LayerStats, StatsAccumulator
 
-__all__ = ["LayerReport", "PostSteps", "prune_model", "relative_reconstruction_error", "LayerStats", "StatsAccumulator"]
+__all__ = ["EngineOptions", "LayerReport", "ModelBlocks", "PostSteps", "prune_model", "relative_reconstruction_error", "LayerStats", "StatsAccumulator"]

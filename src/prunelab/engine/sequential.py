@@ -1,26 +1,31 @@
 """The sequential engine: prune a model block by block on calibration activations.
 
-For each decoder block: hook its prunable layers' inputs and accumulate the statistics the algorithm asks for
-(layers fed the same tensor, like q/k/v, share one accumulator), let the algorithm solve each layer, then
-re-run the block with pruned weights so its outputs become the next block's inputs. Only the current block
-and the calibration activations (n × seqlen × hidden, twice) live on the compute device; the model stays
-where it was loaded. Methods that need no statistics (magnitude) never run a forward pass.
+One traversal serves every run: block i comes from a source (the model in memory, or shards on disk read
+lazily), its prunable layers' inputs are hooked while the calibration activations run through it in batches,
+the statistics the algorithm asks for are accumulated on the compute device (layers fed the same tensor, like
+q/k/v, share one accumulator), the algorithm solves each layer, the pruned block is run again so its outputs
+become the next block's inputs, and the block goes back to the source (which may write it out and free it).
+Only the current block, its statistics and the activations (one buffer, on the device, in host memory or in a
+file) exist at a time. Methods that need no statistics (magnitude) never run a forward pass.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..algorithms.base import PruningAlgorithm
 from ..algorithms.dsnot import dsnot_refine
 from ..algorithms.refit import refit_on_support
-from ..models.adapters import BlockCall, ModelAdapter
+from ..models.adapters import BlockCall, ModelAdapter, _StopForward, to_dtype
 from ..patterns import Pattern
 from ..stats import LayerStats, StatsAccumulator
+from .activations import ActivationBuffer, choose_place
 
 
 REFINERS = ("dsnot", "dsnot-h")  # dsnot-h: DSnoT moves kept only when they lower the true error (XᵀX)
@@ -32,8 +37,10 @@ class PostSteps:
 
     refine: "dsnot" revises the method's mask without changing kept values (needs column norms and means);
     refit: least-squares weights on the final support by PCG (ALPS's last step; needs XᵀX);
-    diagnostics: collect XᵀX so every layer's reconstruction error is recorded. None ("auto") does so whenever
-    calibration passes run anyway; True forces them even for data-free methods (magnitude), False never;
+    diagnostics: collect XᵀX so every layer's reconstruction error is recorded. None ("auto"): the error is
+    recorded when XᵀX is collected anyway (SparseGPT, ALPS, MAMA, refit, dsnot-h); score methods (Wanda,
+    magnitude) skip it, since accumulating XᵀX costs Wanda about a third of its time; True forces it for them
+    (magnitude then runs the calibration passes); False: XᵀX is not collected for diagnostics;
     bias_correction: add (Ŵ − W)·E[x] to a layer's bias so its mean output is kept (None: the algorithm's
     default, on for MAMA).
     """
@@ -55,7 +62,7 @@ class PostSteps:
             needs |= {"sq_norm", "mean"} | ({"hessian"} if self.refine == "dsnot-h" else set())
         if self.corrects_bias(algorithm):
             needs.add("mean")
-        if self.refit or self.diagnostics or (self.diagnostics is None and needs):
+        if self.refit or self.diagnostics:
             needs.add("hessian")
         return frozenset(needs)
 
@@ -174,98 +181,280 @@ def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: P
     return reports
 
 
-def _collect_stats(adapter, block, layers: dict, inputs, call: BlockCall, needs, device) -> dict[str, LayerStats]:
-    """Run the block on every calibration sample, accumulating input statistics per layer."""
-    # Sample 0 is run with recording hooks to learn which layers share an input tensor.
+# -- the traversal ---------------------------------------------------------------------------------------------
+# Sequences per block forward on a CPU: about this many tokens per batch (larger matmuls run faster; the
+# MLP intermediate of one batch stays small). On CUDA a batch holds more, since it is the only way to use the GPU.
+CPU_BATCH_TOKENS = 4096
+CUDA_BATCH_TOKENS = 16384
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine computes. Only ``batch_size`` and ``compute_dtype`` can change a result, through float
+    rounding of the forward passes; where the activations live (device, host memory or disk) never does.
+
+    batch_size: calibration sequences per block forward (None: ~4096 tokens on CPU, ~16k on CUDA);
+    compute_dtype: dtype of the block forwards and of the activations between blocks (None: the model's). The
+    weights the algorithms see and write stay in the model's dtype; statistics are accumulated in fp32;
+    max_activation_memory: bytes of host memory the activations may take before they spill to a file
+    (None: half the memory available when the run starts); activation_dir: where that file goes (None: TMPDIR).
+    """
+    batch_size: int | None = None
+    compute_dtype: str | None = None
+    max_activation_memory: int | None = None
+    activation_dir: str | None = None
+
+    def __post_init__(self):
+        from ..models.loading import DTYPES
+
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"calibration batch size must be >= 1, got {self.batch_size}")
+        if self.compute_dtype is not None and self.compute_dtype not in DTYPES:
+            raise ValueError(f"compute dtype {self.compute_dtype!r} is not one of {sorted(DTYPES)}")
+        if self.max_activation_memory is not None and self.max_activation_memory < 1:
+            raise ValueError("max activation memory must be a positive number of bytes")
+
+    def batch_for(self, seqlen: int, device: torch.device) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        tokens = CUDA_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
+        return max(1, tokens // seqlen)
+
+    def dtype(self):
+        from ..models.loading import DTYPES
+        return None if self.compute_dtype is None else DTYPES[self.compute_dtype]
+
+
+class ModelBlocks:
+    """The in-memory block source and sink: block i is the model's own block, and handing it back keeps it there.
+
+    Any source fits the same three calls: ``load(i)`` returns block i materialised on the CPU, ``done(i, block)``
+    takes it back once pruned (a streaming source writes it to the output and frees it), ``close()`` at the end.
+    """
+    streaming = False
+
+    def __init__(self, adapter: ModelAdapter):
+        self.adapter = adapter
+
+    def __len__(self) -> int:
+        return len(self.adapter.blocks)
+
+    def load(self, i: int) -> nn.Module:
+        return self.adapter.blocks[i]
+
+    def done(self, i: int, block: nn.Module) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Timer:
+    """Seconds per phase of the traversal (where the time goes); CUDA phases are synchronised at their ends."""
+
+    def __init__(self, device: torch.device):
+        self.seconds: dict[str, float] = {}
+        self.cuda = device.type == "cuda"
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def phase(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if timer.cuda:
+                    torch.cuda.synchronize()
+                timer.add(name, time.perf_counter() - self.start)
+
+        return _Phase()
+
+
+def _forward_copy(block: nn.Module, dtype) -> nn.Module:
+    """The module the forwards run on: the block itself, or a copy in the compute dtype (the block keeps its own
+    weights, which the algorithms read and write)."""
+    if dtype is None or all(p.dtype == dtype for p in block.parameters() if p.is_floating_point()):
+        return block
+    return copy.deepcopy(block).to(dtype)
+
+
+def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, call: BlockCall, needs, batch: int,
+                   device, timer: _Timer) -> dict[str, LayerStats]:
+    """Run ``runner`` on every calibration batch, accumulating input statistics per prunable layer.
+
+    The first batch runs with recording hooks, to learn which layers are fed the same tensor (they share one
+    accumulator) and which prunable layer runs last; later batches stop as soon as that layer's input has been
+    seen, so the rest of the block (the last projection, the residual add) is never computed for statistics.
+    """
+    layers = adapter.prunable_layers(runner)
+    n = activations.shape[0]
     seen: dict[str, torch.Tensor] = {}
-    handles = [layer.register_forward_hook(lambda m, inp, out, n=name: seen.__setitem__(n, inp[0]))
+    handles = [layer.register_forward_pre_hook(lambda m, args, n=name: seen.__setitem__(n, args[0]))
                for name, layer in layers.items()]
-    with torch.no_grad():
-        adapter.run_block(block, inputs[0:1].to(device), call)
-    for h in handles:
-        h.remove()
+    try:
+        with torch.no_grad(), timer.phase("stats_forward"):
+            adapter.run_block(runner, activations.read(0, min(batch, n)), call)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [name for name in layers if name not in seen]
+    if missing:
+        raise RuntimeError(f"prunable layers {missing} were not called by their block's forward")
+    order = list(seen)  # dicts keep insertion order: the order the layers ran in
     leaders: dict[str, str] = {}  # layer name -> name of the layer whose accumulator it shares
-    for name in layers:
-        leaders[name] = next((other for other in leaders if leaders[other] == other and seen[other] is seen[name]), name)
+    for name in order:
+        leaders[name] = next((o for o in leaders if leaders[o] == o and seen[o] is seen[name]), name)
     accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device)
-                    for name in layers if leaders[name] == name}
+                    for name in order if leaders[name] == name}
+    started = time.perf_counter()
     for name, acc in accumulators.items():
         acc.add(seen[name])
+    timer.add("stats_accumulate", time.perf_counter() - started)
     seen.clear()
-    handles = [layers[name].register_forward_hook(lambda m, inp, out, a=acc: a.add(inp[0]))
-               for name, acc in accumulators.items()]
+
+    def accumulate(acc):
+        def hook(_module, args):
+            started = time.perf_counter()
+            acc.add(args[0])
+            timer.add("stats_accumulate", time.perf_counter() - started)
+        return hook
+
+    def stop(_module, _args):
+        raise _StopForward
+
+    handles = [layers[name].register_forward_pre_hook(accumulate(acc)) for name, acc in accumulators.items()]
+    handles.append(layers[order[-1]].register_forward_pre_hook(stop))
     try:
-        with torch.no_grad():
-            for i in range(1, inputs.shape[0]):
-                adapter.run_block(block, inputs[i:i + 1].to(device), call)
+        with torch.no_grad(), timer.phase("stats_forward"):
+            for start in range(min(batch, n), n, batch):
+                try:
+                    adapter.run_block(runner, activations.read(start, min(start + batch, n)), call)
+                except _StopForward:
+                    pass
     finally:
         for h in handles:
             h.remove()
     return {name: accumulators[leaders[name]].result() for name in layers}
 
 
+def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, needs, device,
+                      source=None, options: EngineOptions | None = None, info: dict | None = None):
+    """Yield (index, block, layers, stats) for each block, in order, with the block on ``device``; after the
+    caller has modified the block, run it on the calibration activations to produce the next block's inputs (so
+    pruning propagates), then hand it back to ``source``.
+
+    ``calibration``: (n, seqlen) token ids, or None when nothing is calibrated (then ``stats`` is None and no
+    forward runs). ``source``: where blocks come from and go back to (default: the model's own, in memory).
+    ``info``, if given, receives how the engine ran (batch, dtypes, where the activations lived, seconds per phase).
+    """
+    device = torch.device(device)
+    options = options or EngineOptions()
+    source = source if source is not None else ModelBlocks(adapter)
+    timer = _Timer(device)
+    compute_dtype = options.dtype()
+    n_blocks = len(source)
+    activations = calls = None
+    if calibration is not None:
+        n, seqlen = calibration.shape
+        batch = options.batch_for(seqlen, device)
+        with timer.phase("inputs"):
+            calls = adapter.record_block_calls(calibration)
+            for start, rows in zip(range(0, n, batch), adapter.iter_block_inputs(calibration, batch)):
+                dtype = compute_dtype or rows.dtype
+                if activations is None:
+                    shape = (n, seqlen, rows.shape[-1])
+                    nbytes = shape[0] * shape[1] * shape[2] * torch.empty((), dtype=dtype).element_size()
+                    place = choose_place(nbytes, device, options.max_activation_memory)
+                    activations = ActivationBuffer(shape, dtype, place, device, options.activation_dir)
+                activations.write(start, rows.to(dtype))
+        if info is not None:
+            info.update({"batch_size": batch, "compute_dtype": str(activations.dtype).replace("torch.", ""),
+                         "activations": activations.place, "activation_bytes": activations.nbytes})
+    try:
+        for i in range(n_blocks):
+            with timer.phase("load"):
+                block = source.load(i)
+                home = next(block.parameters()).device
+                block.to(device)
+            layers = adapter.prunable_layers(block)
+            stats = None
+            if calibration is not None:
+                call = calls[i].to(device)
+                if compute_dtype is not None:
+                    call = BlockCall(*to_dtype((call.args, call.kwargs), compute_dtype))
+                runner = _forward_copy(block, compute_dtype)
+                stats = _collect_stats(adapter, runner, activations, call, needs, batch, device, timer)
+                del runner
+            started = time.perf_counter()
+            yield i, block, layers, stats
+            timer.add("solve", time.perf_counter() - started)
+            del stats
+            if calibration is not None and i + 1 < n_blocks:  # the last block's outputs would feed nothing
+                runner = _forward_copy(block, compute_dtype)
+                with torch.no_grad(), timer.phase("output_forward"):
+                    for start in range(0, n, batch):
+                        end = min(start + batch, n)
+                        activations.write(start, adapter.run_block(runner, activations.read(start, end), call))
+                del runner
+            with timer.phase("release"):
+                block.to(home)
+                source.done(i, block)
+    finally:
+        if activations is not None:
+            activations.close()
+        if info is not None:
+            info["seconds"] = {k: round(v, 3) for k, v in timer.seconds.items()}
+
+
 def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibration: torch.Tensor | None = None,
                 device: str | torch.device = "cpu", progress: bool = True,
-                post: PostSteps | None = None, prior_masks: dict[str, torch.Tensor] | None = None) -> list[LayerReport]:
+                post: PostSteps | None = None, prior_masks: dict[str, torch.Tensor] | None = None, *, source=None,
+                options: EngineOptions | None = None, info: dict | None = None) -> list[LayerReport]:
     """Prune every prunable layer of ``model`` in place; returns one report per layer in model order.
 
     ``calibration`` is a LongTensor (n, seqlen) of token ids, required when the algorithm or ``post`` needs
-    input statistics. ``prior_masks`` (layer name -> bool (out, in), True = already pruned; see
-    train/masks.py) are kept pruned, so a step of iterative pruning only adds zeros.
+    input statistics. ``source``: a block source/sink (default: the model's own blocks; models/streaming.py has
+    one that reads blocks from disk and writes them out). ``options``: batching, compute dtype, activation memory.
+    ``info``, if given, receives how the engine ran (see calibrated_blocks). ``prior_masks`` (layer name -> bool
+    (out, in), True = already pruned; see train/masks.py) are kept pruned, so a step of iterative pruning only
+    adds zeros.
     """
     priors = prior_masks or {}
     post = post or PostSteps()
     adapter = ModelAdapter(model)
     device = torch.device(device)
-    if pattern.is_noop:
-        return [_as_is(adapter, n, l) for n, l in adapter.named_prunable_layers()]
+    source = source if source is not None else ModelBlocks(adapter)
     needs = post.needs(algorithm)
+    if pattern.is_noop and not source.streaming:
+        return [_as_is(adapter, n, l) for n, l in adapter.named_prunable_layers()]
     if pattern.scope == "global":
         if needs or "global" not in algorithm.scopes:
             raise ValueError(f"global scope needs data-free scores and no calibrated post-steps; "
                              f"{algorithm.name} with these options does not support it")
+        if source.streaming:
+            raise ValueError("global scope needs every layer's scores at once, so the whole model in memory; "
+                             "use --scope layer or run without --offload disk")
         return _prune_global(adapter, algorithm, pattern, priors)
+    if pattern.is_noop:
+        needs = frozenset()
+    if needs and (calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1):
+        raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
 
     reports: list[LayerReport] = []
-    bar = tqdm(total=len(adapter.blocks), desc=f"{algorithm.name} {pattern.describe()}", unit="block",
-               disable=not progress)
-    if not needs:
-        for i, block in enumerate(adapter.blocks):
-            for name, layer in adapter.prunable_layers(block).items():
-                full = f"{adapter.family.blocks}.{i}.{name}"
-                reports.append(_solve_layer(adapter, full, layer, algorithm, None, pattern, post, priors.get(full)))
-            bar.update()
-        bar.close()
-        return reports
-
-    if calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1:
-        raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
-    for i, block, layers, stats in calibrated_blocks(adapter, calibration, needs, device):
+    bar = tqdm(total=len(source), desc=f"{algorithm.name} {pattern.describe()}", unit="block", disable=not progress)
+    blocks = calibrated_blocks(adapter, calibration if needs else None, needs, device, source, options, info)
+    for i, block, layers, stats in blocks:
         for name, layer in layers.items():
-            full = f"{adapter.family.blocks}.{i}.{name}"
-            reports.append(_solve_layer(adapter, full, layer, algorithm, stats[name], pattern, post, priors.get(full)))
+            full_name = f"{adapter.family.blocks}.{i}.{name}"
+            if pattern.is_noop:
+                reports.append(_as_is(adapter, full_name, layer))
+            else:
+                reports.append(_solve_layer(adapter, full_name, layer, algorithm, stats and stats[name], pattern,
+                                            post, priors.get(full_name)))
         bar.update()
     bar.close()
     return reports
-
-
-def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor, needs, device):
-    """Yield (index, block, layers, stats) for each block, with the block on ``device``; after the caller has
-    modified the block, run it to produce the next block's inputs (so pruning propagates)."""
-    calls = adapter.record_block_calls(calibration)
-    inputs = adapter.block_inputs(calibration)
-    outputs = torch.empty_like(inputs)
-    for i, block in enumerate(adapter.blocks):
-        home = next(block.parameters()).device
-        block.to(device)
-        call = calls[i].to(device)
-        layers = adapter.prunable_layers(block)
-        stats = _collect_stats(adapter, block, layers, inputs, call, needs, device)
-        yield i, block, layers, stats
-        del stats
-        if i + 1 < len(adapter.blocks):  # the last block's outputs would feed nothing
-            with torch.no_grad():
-                for s in range(inputs.shape[0]):
-                    outputs[s:s + 1] = adapter.run_block(block, inputs[s:s + 1].to(device), call).to(outputs.device)
-        block.to(home)
-        inputs, outputs = outputs, inputs

@@ -186,6 +186,17 @@ def to_device(obj, device):
     return obj
 
 
+def to_dtype(obj, dtype):
+    """Cast every floating tensor inside nested tuples/lists/dicts to ``dtype`` (masks, rotary tables)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_dtype(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_dtype(v, dtype) for k, v in obj.items()}
+    return obj
+
+
 @dataclass
 class BlockCall:
     """The arguments (besides the hidden states) that the model passes to one block."""
@@ -417,31 +428,44 @@ class ModelAdapter:
         return self.model(input_ids=input_ids.to(device), use_cache=False)
 
     def record_block_calls(self, input_ids: torch.Tensor) -> list[BlockCall]:
-        """One full forward on ``input_ids`` (batch 1) recording what each block is called with.
+        """What each block is called with (besides the hidden states), from one forward of ``input_ids[:1]``.
 
-        The calls depend only on sequence length and positions (no padding is ever used), so one recording
-        serves every calibration segment of that length.
+        Every block is swapped for a pass-through that only records its arguments, so no block computes and the
+        blocks need not even be in memory (streaming): the cost is the model's own preamble (embeddings, masks,
+        rotary tables). The calls depend only on sequence length and positions (no padding is ever used), and
+        their tensors have batch dimension 1, which broadcasts, so one recording serves every batch of
+        calibration segments of that length.
         """
-        calls: list[BlockCall | None] = [None] * len(self.blocks)
+        n = len(self.blocks)
+        calls: list[BlockCall | None] = [None] * n
 
-        def make_hook(i):
-            def hook(_module, args, kwargs):
-                rest = args[1:] if args else ()
-                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                calls[i] = BlockCall(rest, kw)
-            return hook
+        def recorder(i):
+            def forward(hidden_states, *args, **kwargs):
+                calls[i] = BlockCall(args, kwargs)
+                if i == n - 1:  # nothing after the last block is needed (final norm, LM head)
+                    raise _StopForward
+                return hidden_states
+            return forward
 
-        handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        for i, block in enumerate(self.blocks):
+            block.forward = recorder(i)  # an instance attribute shadows the class's forward
         try:
             with torch.no_grad():
                 self._forward_ids(input_ids[:1])
+        except _StopForward:
+            pass
         finally:
-            for h in handles:
-                h.remove()
+            for block in self.blocks:
+                del block.forward
         return calls
 
-    def block_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states entering block 0 for each row of ``input_ids``; shape (n, seqlen, hidden)."""
+    def block_inputs(self, input_ids: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+        """Hidden states entering block 0 for each row of ``input_ids``; shape (n, seqlen, hidden), on the
+        embeddings' device. Only the model's preamble runs (the forward stops as block 0 is entered)."""
+        return torch.cat(list(self.iter_block_inputs(input_ids, batch_size)), dim=0)
+
+    def iter_block_inputs(self, input_ids: torch.Tensor, batch_size: int = 1):
+        """``block_inputs`` one batch of rows at a time."""
         captured = []
 
         def hook(_module, args, kwargs):
@@ -451,14 +475,14 @@ class ModelAdapter:
         handle = self.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
         try:
             with torch.no_grad():
-                for row in input_ids:
+                for start in range(0, input_ids.shape[0], batch_size):
                     try:
-                        self._forward_ids(row[None])
+                        self._forward_ids(input_ids[start:start + batch_size])
                     except _StopForward:
                         pass
+                    yield captured.pop()
         finally:
             handle.remove()
-        return torch.cat(captured, dim=0).cpu()
 
     @staticmethod
     def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
