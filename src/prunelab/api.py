@@ -12,8 +12,10 @@ from .config import DEFAULT_EVAL_SEQLEN, CalibrationConfig, PruneConfig
 from .data import Corpus, calibration_segments, corpus_windows, load_corpus, tensor_sha256
 from .engine import prune_model
 from .eval import perplexity
+from .eval.perplexity import blockwise_perplexity, model_device
 from .export import RECORD_NAME, check_output_dir, read_record, save_pruned, write_json
-from .models import DEFAULT_MODEL, ModelAdapter, load_model
+from .models import DEFAULT_MODEL, ModelAdapter, load_model, resolve_source
+from .models.streaming import open_streaming
 from .record import host_description, package_versions, peak_rss_bytes, timestamp
 
 
@@ -79,10 +81,22 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
                     if config.needs_calibration else None)
     eval_corpus = load_corpus(eval_data, log=log) if eval_data else None
     started = time.perf_counter()
-    model, tokenizer, source = load_model(config.model, config.dtype, config.trust_remote_code)
+    resolved = resolve_source(config.model)
+    blocks = None
+    if _streams(config, resolved, progress):
+        if structured:
+            raise ValueError("structured pruning changes shapes and needs the model in memory; run it without "
+                             "--offload disk (with --offload none if the automatic choice streamed)")
+        if out is None:
+            raise ValueError("a streamed run (offload disk) writes each pruned block to the output as it goes; "
+                             "give --out (out=...)")
+        model, tokenizer, source, blocks = open_streaming(config.model, config.dtype, config.trust_remote_code,
+                                                          out=out, force=force, resolved=resolved)
+    else:
+        model, tokenizer, source = load_model(config.model, config.dtype, config.trust_remote_code, resolved=resolved)
     load_seconds = time.perf_counter() - started
     _log(progress, f"loaded {config.model} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-                   f"params, {config.dtype}) in {load_seconds:.1f}s")
+                   f"params, {config.dtype}{', streamed block by block' if blocks else ''}) in {load_seconds:.1f}s")
 
     calibration, calib_info = None, None
     if config.needs_calibration:
@@ -92,6 +106,7 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         calibration, calib_info = calibration_data(tokenizer, calib, calib_corpus)
     start = time.perf_counter()
     structure_record = None
+    engine: dict = {"offload": "disk" if blocks else "none"}
     if structured:
         from .engine.structured import prune_structured
 
@@ -103,12 +118,18 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         errors = [r["reconstruction_error"] for r in layer_dicts if r.get("reconstruction_error") is not None]
     else:
         _log(progress, f"pruning with {config.method}, {pattern.describe()}, on {config.device}")
-        layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
-                             post=config.post_steps())
+        try:
+            layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
+                                 post=config.post_steps(), source=blocks, options=config.engine_options(),
+                                 info=engine)
+        except BaseException:
+            if blocks is not None:
+                blocks.close()  # drop the staging folder: no half-written output
+            raise
         layer_dicts = [r.to_dict() for r in layers]
         errors = [r.reconstruction_error for r in layers if r.reconstruction_error is not None]
     prune_seconds = time.perf_counter() - start
-    summary = sparsity_summary(model)
+    summary = streamed_summary(blocks, layers) if blocks else sparsity_summary(model)
     if errors:
         summary["mean_reconstruction_error"] = sum(errors) / len(errors)
     if structured:
@@ -137,6 +158,7 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         "prune_seconds": prune_seconds,
         "load_seconds": load_seconds,
         "peak_rss_bytes": peak_rss_bytes(),
+        "engine": engine,
         "layers": layer_dicts,
         "versions": package_versions(),
         "host": host_description(),
@@ -144,13 +166,21 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
     if structure_record is not None:
         record["structured"] = structure_record
     result = PruneResult(model, tokenizer, record)
-    if out is not None:
+    if blocks is not None:  # the pruned model exists only in the output folder: save, then evaluate from it
+        result.out = blocks.finish(tokenizer, record)
+        _log(progress, f"saved to {result.out}")
+    elif out is not None:
         result.out = save_pruned(model, tokenizer, out, record, force=force)
         _log(progress, f"saved to {result.out}")
     if eval_corpus is not None:
         try:
-            record["eval"] = {eval_data: evaluate(model, tokenizer=tokenizer, data=eval_corpus, seqlen=eval_seqlen,
-                                                  max_windows=eval_windows, progress=progress)}
+            if blocks is not None:
+                evaluated = evaluate(result.out, data=eval_corpus, seqlen=eval_seqlen, max_windows=eval_windows,
+                                     device=config.device, dtype=config.dtype, progress=progress, offload="disk")
+            else:
+                evaluated = evaluate(model, tokenizer=tokenizer, data=eval_corpus, seqlen=eval_seqlen,
+                                     max_windows=eval_windows, device=config.device, progress=progress)
+            record["eval"] = {eval_data: evaluated}
         except BaseException:
             if result.out is not None:
                 _log(True, f"evaluation failed; the pruned model is saved in {result.out} "
@@ -161,14 +191,44 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
     return result
 
 
+def _streams(config: PruneConfig, resolved, progress: bool) -> bool:
+    """Whether to stream the model block by block: asked for (offload disk), or "auto" and its weights exceed
+    ``offload_share`` of the memory available now (said in one log line)."""
+    if config.offload != "auto":
+        return config.offload == "disk"
+    from .engine.activations import available_memory_bytes
+    from .models.streaming import weights_bytes
+
+    size = weights_bytes(resolved, config.dtype)
+    available = available_memory_bytes()
+    if size is not None and size > config.offload_share * available:
+        _log(True, f"the model's weights ({size / 2**30:.1f} GiB in {config.dtype}) exceed {config.offload_share:.0%} "
+                   f"of the available memory ({available / 2**30:.1f} GiB): streaming it block by block from disk "
+                   "(--offload disk; --offload none to load it whole)")
+        return True
+    return False
+
+
+def streamed_summary(blocks, layers) -> dict:
+    """sparsity_summary's numbers for a streamed run, from the layer reports and the counts the source kept."""
+    zeros = sum(r.zeros for r in layers)
+    total = sum(r.shape[0] * r.shape[1] for r in layers)
+    return {"prunable_params": total, "prunable_zeros": zeros, "sparsity": zeros / total if total else 0.0,
+            "total_params": blocks.params, "nonzero_params": blocks.nonzero}
+
+
 def evaluate(model, *, tokenizer=None, data: str | Corpus | None = "wikitext2", split: str = "test",
              seqlen: int | None = None,
              max_windows: int | None = None, batch_size: int = 1, dtype: str = "float32",
              device: str | None = None, progress: bool = True, tasks: list[str] | str | None = None,
              limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
              prompts: list[str] | None = None, task_batch_size: int = 32, data_dir: str | Path | None = None,
-             details: bool = False, share_context: bool | None = None, task_source: str = "auto") -> dict:
+             details: bool = False, share_context: bool | None = None, task_source: str = "auto",
+             offload: str = "none") -> dict:
     """Evaluate ``model`` (a loaded model with ``tokenizer``, or anything ``load_model`` accepts); one dict back.
+
+    Perplexity of a model loaded on the CPU with ``device="cuda"`` is computed one block at a time on the GPU;
+    ``offload="disk"`` (a model named by path or id) streams it block by block from disk (perplexity only).
 
     - ``data`` (default wikitext2; a Corpus already loaded; None skips it): perplexity, its keys at the top level
       ("ppl", "seqlen", ...). For c4 the split "test" means validation (C4 has no test split).
@@ -190,17 +250,23 @@ def evaluate(model, *, tokenizer=None, data: str | Corpus | None = "wikitext2", 
         raise ValueError("nothing to evaluate: give data (perplexity), tasks, or generate=True")
     corpus = load_corpus(data, split, log=lambda m: _log(progress, m)) if isinstance(data, str) else data
     task_data = [load_task(t, limit=limit, data_dir=data_dir, source=task_source) for t in task_names]
-    name = None
+    name, streamed = None, None
     if isinstance(model, (str, Path)):
         name = str(model)
-        model, tokenizer, _ = load_model(name, dtype)
-        if device:
-            model.to(device)
+        if offload == "disk":
+            if task_names or generate or prompts:
+                raise ValueError("zero-shot tasks and generation need the whole model in memory; drop --offload disk")
+            model, tokenizer, _, streamed = open_streaming(name, dtype)
+        else:
+            model, tokenizer, _ = load_model(name, dtype)
+            if device:
+                model.to(device)
     if tokenizer is None:
         raise ValueError("evaluate() needs the tokenizer when given a loaded model")
     result: dict = {}
     if corpus is not None:
-        result = _perplexity_result(model, tokenizer, name, corpus, seqlen, max_windows, batch_size, progress)
+        result = _perplexity_result(model, tokenizer, name, corpus, seqlen, max_windows, batch_size, progress,
+                                    device, streamed)
     if task_names:
         requests = [build_requests(tokenizer, t) for t in task_data]
         result["tasks"] = score_tasks(model, requests, batch_size=task_batch_size, progress=progress, details=details,
@@ -222,13 +288,18 @@ def evaluate(model, *, tokenizer=None, data: str | Corpus | None = "wikitext2", 
     return result
 
 
-def _perplexity_result(model, tokenizer, name, corpus: Corpus, seqlen, max_windows, batch_size, progress) -> dict:
+def _perplexity_result(model, tokenizer, name, corpus: Corpus, seqlen, max_windows, batch_size, progress, device=None,
+                       streamed=None) -> dict:
     if seqlen is None:
         seqlen = DEFAULT_EVAL_SEQLEN.get(name, 2048) if name else 2048
         seqlen = min(seqlen, getattr(model.config, "max_position_embeddings", seqlen) or seqlen)
     windows = corpus_windows(tokenizer, corpus, seqlen, max_windows)
     start = time.perf_counter()
-    result = perplexity(model, windows, batch_size=batch_size, progress=progress)
+    on_gpu = device is not None and torch.device(device).type == "cuda" and model_device(model).type == "cpu"
+    if streamed is not None or on_gpu:
+        result = blockwise_perplexity(model, windows, device=device or "cpu", source=streamed, progress=progress)
+    else:
+        result = perplexity(model, windows, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
     result.update({"data": corpus.name, "split": corpus.split, "data_sha256": corpus.sha256,
                    "data_provenance": corpus.provenance,
@@ -239,7 +310,8 @@ def _perplexity_result(model, tokenizer, name, corpus: Corpus, seqlen, max_windo
         prior = read_record(name) if Path(name).is_dir() else None
         if prior is not None:
             result["recorded_sparsity"] = prior.get("summary", {}).get("sparsity")
-        result["measured_sparsity"] = sparsity_summary(model)["sparsity"]
+        if streamed is None:  # a streamed model's blocks are gone once evaluated
+            result["measured_sparsity"] = sparsity_summary(model)["sparsity"]
     return result
 
 

@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="compute device for one block at a time (default: cuda if available)")
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (layer math is fp32 regardless)")
+    p.add_argument("--compute-dtype", help="dtype of the block forwards and activations, e.g. bfloat16 (default: "
+                   "--dtype); weights keep --dtype, statistics are accumulated in fp32")
+    p.add_argument("--calib-batch-size", type=int, help="calibration sequences per block forward (default: about "
+                   "4096 tokens on CPU, 16384 on CUDA)")
+    p.add_argument("--offload", choices=["auto", "disk", "none"], default="auto", help="disk: stream the model one "
+                   "block at a time from its files and write pruned blocks to --out as they are done (for models "
+                   "larger than memory); auto (default): disk when the weights exceed --offload-share of the "
+                   "available memory")
+    p.add_argument("--offload-share", type=float, default=0.5, help="share of available memory above which "
+                   "--offload auto streams (default 0.5)")
+    p.add_argument("--max-activation-memory", help="host memory for the calibration activations (e.g. 2GB); above "
+                   "it they go to a file on disk (default: half the available memory)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--eval", dest="eval_data", help="also report perplexity on this corpus (wikitext2, ptb, c4, a file "
                    "or hf:...); the model is saved before it is evaluated")
@@ -149,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, help="tokens per generated sample (default 48)")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--device")
+    e.add_argument("--offload", choices=["none", "disk"], default="none",
+                   help="disk: stream the model block by block from its files (perplexity only; models larger than memory)")
     e.add_argument("--json", help="write the result to this JSON file")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(handler=_eval)
@@ -216,7 +230,9 @@ def _prune(args) -> int:
                          device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          refine=args.refine, refit=args.refit, diagnostics=args.diagnostics,
                          bias_correction=args.bias_correction, structure=args.structure,
-                         allocation=args.allocation)
+                         allocation=args.allocation, calib_batch_size=args.calib_batch_size,
+                         compute_dtype=args.compute_dtype, offload=args.offload, offload_share=args.offload_share,
+                         max_activation_memory=args.max_activation_memory)
     result = prune(config, out=args.out, force=args.force, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                    eval_windows=args.eval_windows, progress=not args.quiet)
     rec = result.record
@@ -244,7 +260,8 @@ def _eval(args) -> int:
                       batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.quiet,
                       tasks=args.tasks, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
                       task_batch_size=args.task_batch_size, details=args.details,
-                      share_context=False if args.no_context_sharing else None, task_source=args.task_source)
+                      share_context=False if args.no_context_sharing else None, task_source=args.task_source,
+                      offload=args.offload)
     if args.json:
         from pathlib import Path
         write_json(Path(args.json), result)

@@ -5,7 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .algorithms import get_algorithm
-from .engine.sequential import PostSteps
+from .engine.activations import parse_size
+from .engine.sequential import EngineOptions, PostSteps
 from .models.loading import DEFAULT_MODEL, DTYPES
 from .patterns import Pattern
 
@@ -14,6 +15,7 @@ from .patterns import Pattern
 EMBEDDED_CALIBRATION = (64, 512)
 PAPER_CALIBRATION = (128, 2048)
 DEFAULT_EVAL_SEQLEN = {DEFAULT_MODEL: 512}
+OFFLOAD_MODES = ("auto", "disk", "none")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class PruneConfig:
     bias_correction: bool | None = None  # None: the method's default (MAMA: on)
     structure: str | None = None  # channels | heads | channels,heads | blocks: remove whole units (structured.py)
     allocation: str | None = None  # structured: uniform (default) or adaptive (FLAP's per-block widths)
+    # How the engine computes (engine/sequential.py EngineOptions); offload and memory never change a result.
+    calib_batch_size: int | None = None  # calibration sequences per block forward (None: ~4k tokens CPU, 16k CUDA)
+    compute_dtype: str | None = None  # dtype of block forwards (None: the model's); statistics stay fp32
+    offload: str = "auto"  # "disk": stream blocks from disk; "none": load the model; "auto": disk when too big
+    offload_share: float = 0.5  # "auto" streams when the weights exceed this share of available memory
+    max_activation_memory: int | str | None = None  # host memory for activations before they spill to disk
 
     def __post_init__(self):
         if self.structure is not None:
@@ -66,6 +74,12 @@ class PruneConfig:
                 raise ValueError("global scope works with data-free scores only; drop --refine/--refit/--diagnostics")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        if not 0 < self.offload_share <= 1:
+            raise ValueError(f"offload share must be in (0, 1], got {self.offload_share}")
+        object.__setattr__(self, "max_activation_memory", parse_size(self.max_activation_memory))
+        self.engine_options()  # raises on a bad batch size or compute dtype
         if self.calibration is None:
             n, seqlen = EMBEDDED_CALIBRATION if self.model == DEFAULT_MODEL else PAPER_CALIBRATION
             object.__setattr__(self, "calibration", CalibrationConfig(samples=n, seqlen=seqlen))
@@ -81,6 +95,10 @@ class PruneConfig:
     def pattern_obj(self) -> Pattern:
         scope = self.scope or get_algorithm(self.method, **self.method_options).default_scope
         return Pattern.parse(self.sparsity, self.pattern, scope)
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(batch_size=self.calib_batch_size, compute_dtype=self.compute_dtype,
+                             max_activation_memory=self.max_activation_memory)
 
     def post_steps(self) -> PostSteps:
         return PostSteps(self.refine, self.refit, self.diagnostics, self.bias_correction)

@@ -79,10 +79,12 @@ class LayerReport:
     seconds: float  # time spent in the algorithm (and refine/refit) for this layer
     reconstruction_error: float | None = None  # ‖X(Ŵ−W)‖_F / ‖XŴ‖_F from XᵀX, when the Hessian was collected
     error_before_refit: float | None = None
+    zeros: int | None = None  # exact count of zeros (the sparsity is a float32 mean)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity, "seconds": self.seconds,
-                "reconstruction_error": self.reconstruction_error, "error_before_refit": self.error_before_refit}
+                "reconstruction_error": self.reconstruction_error, "error_before_refit": self.error_before_refit,
+                "zeros": self.zeros}
 
 
 def relative_reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -131,7 +133,8 @@ def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, patte
 def _as_is(adapter: ModelAdapter, name: str, layer, seconds: float = 0.0) -> LayerReport:
     """Report a layer's current state (used where no solve ran)."""
     weight = adapter.get_weight(layer)
-    return LayerReport(name, tuple(weight.shape), float((weight == 0).float().mean()), seconds)
+    return LayerReport(name, tuple(weight.shape), float((weight == 0).float().mean()), seconds,
+                       zeros=int((weight == 0).sum()))
 
 
 def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps,
@@ -147,8 +150,9 @@ def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, patt
         # Keep the layer's mean output: E[Ŵx + b] = E[Wx + b'] ⇒ b' = b + (Ŵ − W)·E[x].
         bias.data.add_(((dense - pruned) @ stats.column_mean().to(dense)).to(bias.dtype))
     adapter.set_weight(layer, pruned)
-    sparsity = float((adapter.get_weight(layer) == 0).float().mean())
-    return LayerReport(name, tuple(dense.shape), sparsity, seconds, error, before_refit)
+    zero = adapter.get_weight(layer) == 0
+    return LayerReport(name, tuple(dense.shape), float(zero.float().mean()), seconds, error, before_refit,
+                       int(zero.sum()))
 
 
 def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: Pattern,
@@ -341,6 +345,25 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     return {name: accumulators[leaders[name]].result() for name in layers}
 
 
+def embed_inputs(adapter: ModelAdapter, ids: torch.Tensor, batch: int, device, options: EngineOptions):
+    """The block calls and the hidden states entering block 0 for every row of ``ids``, the latter in an
+    ActivationBuffer in the compute dtype, placed where it fits (see activations.choose_place)."""
+    compute_dtype = options.dtype()
+    calls = adapter.record_block_calls(ids)
+    if compute_dtype is not None:
+        calls = [BlockCall(*to_dtype((c.args, c.kwargs), compute_dtype)) for c in calls]
+    activations = None
+    for start, rows in zip(range(0, ids.shape[0], batch), adapter.iter_block_inputs(ids, batch)):
+        dtype = compute_dtype or rows.dtype
+        if activations is None:
+            shape = (ids.shape[0], ids.shape[1], rows.shape[-1])
+            nbytes = shape[0] * shape[1] * shape[2] * torch.empty((), dtype=dtype).element_size()
+            place = choose_place(nbytes, device, options.max_activation_memory)
+            activations = ActivationBuffer(shape, dtype, place, device, options.activation_dir)
+        activations.write(start, rows.to(dtype))
+    return calls, activations
+
+
 def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, needs, device,
                       source=None, options: EngineOptions | None = None, info: dict | None = None):
     """Yield (index, block, layers, stats) for each block, in order, with the block on ``device``; after the
@@ -362,15 +385,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
         n, seqlen = calibration.shape
         batch = options.batch_for(seqlen, device)
         with timer.phase("inputs"):
-            calls = adapter.record_block_calls(calibration)
-            for start, rows in zip(range(0, n, batch), adapter.iter_block_inputs(calibration, batch)):
-                dtype = compute_dtype or rows.dtype
-                if activations is None:
-                    shape = (n, seqlen, rows.shape[-1])
-                    nbytes = shape[0] * shape[1] * shape[2] * torch.empty((), dtype=dtype).element_size()
-                    place = choose_place(nbytes, device, options.max_activation_memory)
-                    activations = ActivationBuffer(shape, dtype, place, device, options.activation_dir)
-                activations.write(start, rows.to(dtype))
+            calls, activations = embed_inputs(adapter, calibration, batch, device, options)
         if info is not None:
             info.update({"batch_size": batch, "compute_dtype": str(activations.dtype).replace("torch.", ""),
                          "activations": activations.place, "activation_bytes": activations.nbytes})
@@ -384,8 +399,6 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
             stats = None
             if calibration is not None:
                 call = calls[i].to(device)
-                if compute_dtype is not None:
-                    call = BlockCall(*to_dtype((call.args, call.kwargs), compute_dtype))
                 runner = _forward_copy(block, compute_dtype)
                 stats = _collect_stats(adapter, runner, activations, call, needs, batch, device, timer)
                 del runner

@@ -33,3 +33,53 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool
         ppl = math.exp(mean_nll) if mean_nll < 700 else float("inf")
     return {"ppl": ppl, "nll": mean_nll, "seqlen": int(windows.shape[1]), "windows": int(windows.shape[0]),
             "tokens": int(scored), "finite": math.isfinite(ppl)}
+
+
+def blockwise_perplexity(model, windows: torch.Tensor, device="cpu", source=None, batch_size: int | None = None,
+                         progress: bool = True, max_activation_memory: int | None = None) -> dict:
+    """The same perplexity, computed one decoder block at a time over all windows (activations between blocks
+    kept like the engine's: on the device, in host memory or in a file). For models that do not fit in memory
+    (``source``: a streaming block source over a saved model) or on the GPU (each block is moved there in turn).
+    Equal to ``perplexity`` up to float rounding of the batch shape."""
+    from ..engine.sequential import EngineOptions, ModelBlocks, embed_inputs
+    from ..models.adapters import ModelAdapter, _get
+
+    adapter = ModelAdapter(model)
+    device = torch.device(device)
+    source = source if source is not None else ModelBlocks(adapter)
+    options = EngineOptions(batch_size=batch_size, max_activation_memory=max_activation_memory)
+    n = windows.shape[0]
+    batch = options.batch_for(windows.shape[1], device)
+    calls, hidden = embed_inputs(adapter, windows, batch, device, options)
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(len(source)), desc="perplexity (blockwise)", unit="block", disable=not progress):
+                block = source.load(i)
+                home = next(block.parameters()).device
+                block.to(device)
+                call = calls[i].to(device)
+                for start in range(0, n, batch):
+                    hidden.write(start, adapter.run_block(block, hidden.read(start, min(start + batch, n)), call))
+                block.to(home)
+                source.done(i, block)
+            head = [m for m in (_get(model, adapter.family.final_norm), _get(model, adapter.family.project_out),
+                                model.get_output_embeddings()) if m is not None]
+            homes = [next(m.parameters()).device for m in head]
+            for m in head:
+                m.to(device)
+            total_nll = 0.0
+            for start in range(0, n, batch):
+                end = min(start + batch, n)
+                logits = adapter.head(hidden.read(start, end))[:, :-1].float()
+                targets = windows[start:end, 1:].to(device)
+                total_nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                   reduction="sum"))
+            for m, home in zip(head, homes):
+                m.to(home)
+    finally:
+        hidden.close()
+    scored = n * (windows.shape[1] - 1)
+    mean_nll = total_nll / scored
+    ppl = float("nan") if math.isnan(mean_nll) else (math.exp(mean_nll) if mean_nll < 700 else float("inf"))
+    return {"ppl": ppl, "nll": mean_nll, "seqlen": int(windows.shape[1]), "windows": int(n), "tokens": int(scored),
+            "finite": math.isfinite(ppl), "blockwise": True}

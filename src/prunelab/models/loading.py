@@ -114,13 +114,14 @@ def strip_quantization_config(model) -> None:
     model.is_quantized = False
 
 
-def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load ``source`` for pruning on CPU; returns (model, tokenizer, ModelSource)."""
+def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False, resolved: ModelSource | None = None):
+    """Load ``source`` for pruning on CPU; returns (model, tokenizer, ModelSource) (``resolved``: its
+    resolve_source result, if already known)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    resolved = resolve_source(source)
+    resolved = resolved or resolve_source(source)
     location = resolved.location
     if resolved.kind in ("embedded", "gguf"):
         location = str(_gguf_as_folder(Path(resolved.location), resolved.identity["sha256"]))
