@@ -228,3 +228,87 @@ def test_sweep_with_tasks_and_samples_reaches_the_report(workdir, tmp_path):
 def dataclasses_replace(obj, **changes):
     import dataclasses
     return dataclasses.replace(obj, **changes)
+
+
+def test_identity_follows_the_weights_the_device_and_the_dtype(workdir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from prunelab.bench.sweep import plan_sweep
+    from prunelab.config import devices_checked_where_runs_execute
+
+    model = tmp_path / "model"
+    save_tiny_folder("llama", model)
+    config = dataclasses_replace(sweep_config(workdir, methods=("wanda",), levels=(0.5,), patterns=("unstructured",)),
+                                 models=(str(model),))
+    keys = lambda cfg: [t.key for t, _ in plan_sweep(cfg)]  # noqa: E731
+    before = keys(config)
+    weights = load_file(model / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"][0, 0] += 1.0  # same config.json, other weights
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    changed = keys(config)
+    assert all(a != b for a, b in zip(before, changed))  # the dense row and the run: both are new
+    assert keys(dataclasses_replace(config, dtype="bfloat16")) != changed
+    with devices_checked_where_runs_execute():  # a GPU run planned on a machine without one
+        on_gpu = keys(dataclasses_replace(config, device="cuda"))
+    assert on_gpu[0] != changed[0] and on_gpu[1] != changed[1]
+
+
+def test_workers_are_told_apart_by_more_than_pid_and_host(tmp_path):
+    import socket
+
+    from prunelab.bench.store import STALE_SECONDS, worker_alive, worker_identity
+
+    me = worker_identity()
+    host, boot, pid, ticks, token = me.split("/")
+    assert host == socket.gethostname() and int(pid) == os.getpid()
+    assert worker_alive(me, None)
+    assert not worker_alive(f"{host}/{boot}/{pid}/{int(ticks) + 1}/{token}", None)  # a recycled pid
+    other = f"elsewhere/{boot}/{pid}/{ticks}/{token}"  # the same pid on another machine: only its heartbeat counts
+    assert worker_alive(other, time.time()) and not worker_alive(other, time.time() - STALE_SECONDS - 1)
+    store = ResultsStore(tmp_path / "s.db")
+    fields = dict(model="m", method="wanda", pattern="unstructured", level=0.5, identity={})
+    assert store.claim("k", **fields) is None
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("UPDATE runs SET worker=?, heartbeat=? WHERE key='k'", (other, time.time()))
+    assert store.claim("k", **fields) == "busy"  # running on another host, heartbeat fresh
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("UPDATE runs SET heartbeat=? WHERE key='k'", (time.time() - STALE_SECONDS - 5,))
+    assert store.claim("k", **fields) is None  # its heartbeat stopped: taken over
+    assert store.get("k")["worker"] == store.worker
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("CREATE TABLE runs (key TEXT PRIMARY KEY, model TEXT NOT NULL, method TEXT NOT NULL, "
+                     "pattern TEXT NOT NULL, level REAL, identity TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, "
+                     "metrics TEXT, layers TEXT, record TEXT, attempts INTEGER NOT NULL DEFAULT 0, pid INTEGER, "
+                     "host TEXT, started TEXT, finished TEXT);"
+                     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                     "INSERT INTO meta VALUES ('schema', '1');"
+                     "INSERT INTO runs (key, model, method, pattern, level, identity, status, attempts) "
+                     "VALUES ('k', 'm', 'wanda', 'unstructured', 0.5, '{}', 'done', 1);")
+    db.commit()
+    db.close()
+    store = ResultsStore(tmp_path / "old.db")
+    assert store.get("k")["status"] == "done" and "worker" in store.get("k")
+    assert store.claim("k", model="m", method="wanda", pattern="unstructured", level=0.5, identity={}) == "done"
+
+
+def test_report_shows_every_seed_and_save_dir_names_say_which_run(workdir, tmp_path):
+    config = dataclasses_replace(sweep_config(workdir, methods=("wanda",), levels=(0.5,), patterns=("unstructured",)),
+                                 calibrations=tuple(prunelab.CalibrationConfig(str(workdir / "corpus.txt"), "train", 4,
+                                                                               32, seed) for seed in (0, 1, 2)),
+                                 save_dir=str(tmp_path / "saved"))
+    store = ResultsStore(tmp_path / "s.db")
+    assert run_sweep(config, store, log=lambda *_: None)["done"] == 4
+    ppl = sorted(next(iter(r["metrics"]["perplexity"].values()))["ppl"] for r in store.rows("done")
+                 if r["method"] == "wanda")
+    store.close()
+    assert len(set(ppl)) == 3  # three seeds, three different calibration sets
+    mean = sum(ppl) / 3
+    spread = (sum((p - mean) ** 2 for p in ppl) / 2) ** 0.5
+    md = write_report(tmp_path / "s.db", tmp_path / "report")["markdown"].read_text()
+    assert f"{mean:.3f} ± {spread:.3f} (n=3)" in md
+    assert all(f"0.50 (seed {s})" in md for s in (0, 1, 2))
+    names = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    assert names == [f"model-wanda-unstructured-0.5-seed{s}" for s in (0, 1, 2)]

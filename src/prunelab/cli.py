@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "+ft, +lora or +iter[-SCHEDULE] (e.g. tokens=40000, lr=1e-4, lora=16, iter_steps=5)")
     w.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
     w.add_argument("--device")
+    w.add_argument("--executor", choices=["local", "ray"], default="local", help="local: runs one after the other "
+                   "in this process; ray: each run a Ray task (pip install \"prunelab[ray]\"); this process alone "
+                   "writes the store either way")
+    w.add_argument("--ray-address", help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: start "
+                   "a local one")
+    w.add_argument("--cpus-per-run", type=int, default=1, help="CPUs (= torch threads) each Ray task asks for")
+    w.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each Ray task asks for (then --device "
+                   "defaults to cuda)")
     w.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     w.add_argument("--quiet", action="store_true", help="no per-block progress bars (the per-run lines stay)")
     w.set_defaults(handler=_sweep)
@@ -324,8 +332,12 @@ def _sweep_settings(args) -> dict:
 
 
 def _sweep(args) -> int:
+    import contextlib
+
     from .bench import ResultsStore, run_sweep
+    from .bench.executors import make_executor
     from .bench.sweep import sweep_config_from_dict
+    from .config import devices_checked_where_runs_execute
 
     data = _sweep_settings(args)
     store_path = data.pop("store", None)
@@ -333,8 +345,12 @@ def _sweep(args) -> int:
         raise ValueError("give --store FILE.db (or 'store:' in the sweep file)")
     if not data.get("methods"):
         raise ValueError("give --methods (or 'methods:' in the sweep file)")
-    config = sweep_config_from_dict(data)
-    runs = config.runs()
+    remote = args.executor != "local"
+    if remote and args.gpus_per_run and not data.get("device"):
+        data["device"] = "cuda"
+    with devices_checked_where_runs_execute() if remote else contextlib.nullcontext():
+        config = sweep_config_from_dict(data)
+        runs = config.runs()
     store = ResultsStore(store_path)
     try:
         if args.dry_run:
@@ -346,9 +362,10 @@ def _sweep(args) -> int:
                 print(f"{spec.config.model}  {spec.describe():<28} {state}")
             print(f"{len(runs)} runs (+1 dense evaluation per model); nothing was run (--dry-run)")
             return 0
+        executor = make_executor(args.executor, args.ray_address, args.cpus_per_run, args.gpus_per_run)
         store.note_sweep(data, ["prunelab", *args.argv])
-        print(f"[prunelab] sweep: {len(runs)} runs + dense, store {store_path}", flush=True)
-        counts = run_sweep(config, store, retry_failed=args.retry_failed, progress=not args.quiet)
+        print(f"[prunelab] sweep: {len(runs)} runs + dense, store {store_path}, executor {args.executor}", flush=True)
+        counts = run_sweep(config, store, retry_failed=args.retry_failed, progress=not args.quiet, executor=executor)
     finally:
         store.close()
     print(json.dumps(counts, indent=2))

@@ -1,6 +1,8 @@
 """Run configuration, validated when built so bad values fail before any model is loaded."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -16,6 +18,18 @@ EMBEDDED_CALIBRATION = (64, 512)
 PAPER_CALIBRATION = (128, 2048)
 DEFAULT_EVAL_SEQLEN = {DEFAULT_MODEL: 512}
 OFFLOAD_MODES = ("auto", "disk", "none")
+# False while a sweep driver builds runs that execute elsewhere (Ray workers with GPUs the driver may not have).
+_CHECK_DEVICE_HERE = contextvars.ContextVar("prunelab_check_device_here", default=True)
+
+
+@contextlib.contextmanager
+def devices_checked_where_runs_execute():
+    """Build PruneConfigs without checking their device on this machine (checked by the worker instead)."""
+    token = _CHECK_DEVICE_HERE.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_DEVICE_HERE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,17 @@ class PruneConfig:
         import torch
         if self.device is None:
             object.__setattr__(self, "device", "cuda" if torch.cuda.is_available() else "cpu")
-        elif str(self.device).startswith("cuda") and not torch.cuda.is_available():
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if _CHECK_DEVICE_HERE.get():
+            self.check_device()
+
+    def check_device(self) -> None:
+        """Fail early where the run will execute (a sweep on Ray checks on the worker, not on the driver)."""
+        import torch
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available here; use --device cpu")
 
     def algorithm(self):

@@ -55,6 +55,12 @@ def level_label(row: dict) -> str:
     return f"{row['level']:.2f}" if row["pattern"] == "unstructured" else row["pattern"]
 
 
+def _seed(row: dict) -> int | None:
+    """The calibration seed of a run (None for runs without calibration)."""
+    calibration = (row.get("identity") or {}).get("calibration") or {}
+    return calibration.get("seed")
+
+
 def _level_order(label: str) -> tuple:
     if label.startswith("0.00"):
         return (0, 0.0)
@@ -88,11 +94,12 @@ class Report:
             self.notes.append(reason)
         return self.notes.index(reason) + 1
 
-    def _by(self, model):
-        cells = {}
-        for r in self.rows:
+    def _by(self, model) -> dict[tuple[str, str], list[dict]]:
+        """(level, method) -> every run of it (one per calibration seed), in the order they were claimed."""
+        cells: dict = {}
+        for r in sorted(self.rows, key=lambda r: r.get("seq", 0)):
             if r["model"] == model:
-                cells[(level_label(r), r["method"])] = r
+                cells.setdefault((level_label(r), r["method"]), []).append(r)
         return cells
 
     def _corpora(self, model) -> list[str]:
@@ -115,9 +122,10 @@ class Report:
                     line = [Cell(lv)]
                     values = []
                     for method in self.methods:
-                        r = cells.get((lv, method)) or (cells.get((lv, "dense")) if lv.startswith("0.00") else None)
-                        line.append(self._ppl_cell(r, corpus))
-                        values.append(self._ppl(r, corpus))
+                        runs = cells.get((lv, method)) or (cells.get((lv, "dense")) if lv.startswith("0.00") else None)
+                        cell, value = self._ppl_cell(runs, corpus)
+                        line.append(cell)
+                        values.append(value)
                     finite = [v for v in values if v is not None and math.isfinite(v)]
                     if len(finite) > 1 and not lv.startswith("0.00"):  # the dense row is not a comparison
                         best = min(finite)
@@ -139,12 +147,24 @@ class Report:
         v = self._ppl(r, corpus)
         return v if v is not None and math.isfinite(v) else None
 
-    def _ppl_cell(self, r, corpus) -> Cell:
-        if r is None:
-            return Cell("")
-        if r["status"] != "done":
-            return Cell("NA", note=f"{r['method']} at {level_label(r)}: {r['reason']}")
-        return Cell(_fmt(self._ppl(r, corpus)))
+    def _ppl_cell(self, runs, corpus) -> tuple[Cell, float | None]:
+        """One cell over every seed of a (level, method): the value, or mean ± sample standard deviation (n) when
+        several seeds ran; NA with the reason when none finished. Returns the cell and its (mean) value."""
+        if not runs:
+            return Cell(""), None
+        values = [v for v in (self._ppl(r, corpus) for r in runs) if v is not None]
+        failed = [r for r in runs if r["status"] != "done"]
+        note = f"{failed[0]['method']} at {level_label(failed[0])}: {failed[0]['reason']}" if failed else None
+        if not values:
+            return Cell("NA", note=note), None
+        mean = sum(values) / len(values)
+        if len(runs) == 1:
+            return Cell(_fmt(mean)), mean
+        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        if not math.isfinite(mean):
+            spread = float("nan")
+        text = f"{_fmt(mean)} ± {_fmt(spread)} (n={len(values)}{', %d failed' % len(failed) if failed else ''})"
+        return Cell(text, note=note if failed else None), mean
 
     def _protocol(self, model, corpus) -> str:
         for r in self.rows:
@@ -199,16 +219,21 @@ class Report:
         header = ["method", "level", f"{corpus} ppl" if corpus else "ppl", *(["mean zero-shot acc"] if tasks else []),
                   "non-zero params (M)", "prune s", "eval s", "peak RSS MiB"]
         body = []
+        several_seeds = len({_seed(r) for r in self.rows if r["method"] != "dense"}) > 1
+
+        def level(r):  # every seed is its own row here
+            return level_label(r) + (f" (seed {_seed(r)})" if several_seeds and r["method"] != "dense" else "")
+
         for r in sorted(self.rows, key=lambda r: (r["model"], self.methods.index(r["method"])
                                                   if r["method"] in self.methods else -1,
-                                                  _level_order(level_label(r)))):
+                                                  _level_order(level_label(r)), _seed(r) or 0)):
             if r["status"] != "done":
-                body.append([Cell(r["method"]), Cell(level_label(r)),
+                body.append([Cell(r["method"]), Cell(level(r)),
                              Cell("NA", note=f"{r['method']} at {level_label(r)}: {r['reason']}"),
                              *([Cell("")] * (len(header) - 3))])
                 continue
             m, rec = r["metrics"], r["record"]
-            line = [Cell(r["method"]), Cell(level_label(r)), Cell(_fmt(self._ppl(r, corpus)) if corpus else "-")]
+            line = [Cell(r["method"]), Cell(level(r)), Cell(_fmt(self._ppl(r, corpus)) if corpus else "-")]
             if tasks:
                 accs = [t["acc"] for t in (m.get("tasks") or {}).values() if "acc" in t]
                 line.append(Cell(f"{100 * sum(accs) / len(accs):.2f}" if accs else "-"))
@@ -333,9 +358,12 @@ class Report:
             for corpus in self._corpora(model):
                 fig, ax = plt.subplots(figsize=(7, 4.2))
                 for method in self.methods:
-                    pts = sorted((r["level"], self._finite_ppl(r, corpus)) for r in self.rows
-                                 if r["model"] == model and r["method"] == method and r["pattern"] == "unstructured"
-                                 and self._finite_ppl(r, corpus) is not None)
+                    by_level: dict = {}
+                    for r in self.rows:
+                        if (r["model"] == model and r["method"] == method and r["pattern"] == "unstructured"
+                                and self._finite_ppl(r, corpus) is not None):
+                            by_level.setdefault(r["level"], []).append(self._finite_ppl(r, corpus))
+                    pts = sorted((lv, sum(v) / len(v)) for lv, v in by_level.items())  # mean over seeds
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
                 dense = [self._ppl(r, corpus) for r in self.rows if r["model"] == model and r["method"] == "dense"]

@@ -2,8 +2,11 @@
 
 A row moves ``running`` → ``done`` | ``failed`` | ``interrupted``; each move is one committed transaction, so
 a process killed at any moment (even ``kill -9``) leaves either the old row or the new one, never half of
-each. A later sweep redoes every row that is not ``done`` (``failed`` ones only when asked), and a row
-``running`` under a process that is still alive on this host is left to that process.
+each. A later sweep redoes every row that is not ``done`` (``failed`` ones only when asked). A row ``running``
+is left to its worker while that worker is alive: each writer is identified by host, boot, pid, the pid's start
+time and a random token (a recycled pid or another machine's identical pid never looks like it); on this host
+liveness is read from /proc, for a worker on another host from its heartbeat (refreshed every minute while it
+runs; a row whose heartbeat is older than ``STALE_SECONDS`` is taken over).
 """
 from __future__ import annotations
 
@@ -12,12 +15,16 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
 
 from ..export import json_safe
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: worker identity and heartbeat columns (a version-1 store is upgraded in place)
+STALE_SECONDS = 600  # a running row of another host whose heartbeat is this old belongs to a dead worker
+HEARTBEAT_SECONDS = 60
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -36,7 +43,9 @@ CREATE TABLE IF NOT EXISTS runs (
     pid       INTEGER,
     host      TEXT,
     started   TEXT,
-    finished  TEXT
+    finished  TEXT,
+    worker    TEXT,
+    heartbeat REAL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -64,6 +73,38 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "-"
+
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); "-" where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+def worker_identity(pid: int | None = None) -> str:
+    """host/boot/pid/start-time/token: unique to one process, even across pid reuse, reboots and hosts."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}/{_boot_id()}/{pid}/{_start_ticks(pid)}/{uuid.uuid4().hex[:12]}"
+
+
+def worker_alive(worker: str | None, heartbeat: float | None, now: float | None = None) -> bool:
+    """Whether the writer named ``worker`` may still be running its row."""
+    if not worker or worker.count("/") != 4:
+        return False
+    host, boot, pid, ticks, _token = worker.split("/")
+    if host == socket.gethostname() and boot == _boot_id():
+        return _pid_alive(int(pid)) and _start_ticks(int(pid)) == ticks
+    now = time.time() if now is None else now
+    return heartbeat is not None and now - heartbeat < STALE_SECONDS
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -84,12 +125,41 @@ class ResultsStore:
             row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row["value"]) == 1:  # add the worker columns; old rows keep pid/host for liveness
+                columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
+                for column, kind in (("worker", "TEXT"), ("heartbeat", "REAL")):
+                    if column not in columns:
+                        self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+                self._db.execute("UPDATE meta SET value=? WHERE name='schema'", (str(SCHEMA_VERSION),))
             elif int(row["value"]) != SCHEMA_VERSION:
                 raise ValueError(f"{self.path} has results-store schema {row['value']}, this prunelab reads "
                                  f"{SCHEMA_VERSION}; use a new --store file")
 
+        self.worker = worker_identity()
+        self._beating = None
+
     def close(self) -> None:
+        if self._beating is not None:
+            self._beating.set()
         self._db.close()
+
+    def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
+        """Refresh the heartbeat of this writer's running rows from a background thread (own connection), so a
+        sweep on another host can tell a long run from a dead one."""
+        if self._beating is not None:
+            return
+        self._beating = stop = threading.Event()
+        path, worker = self.path, self.worker
+
+        def beat():
+            db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            try:
+                while not stop.wait(every):
+                    db.execute("UPDATE runs SET heartbeat=? WHERE worker=? AND status='running'", (time.time(), worker))
+            finally:
+                db.close()
+
+        threading.Thread(target=beat, name="prunelab-store-heartbeat", daemon=True).start()
 
     def _transaction(self):
         db = self._db
@@ -109,26 +179,32 @@ class ResultsStore:
 
     def claim(self, key: str, *, model: str, method: str, pattern: str, level: float | None, identity: dict,
               retry_failed: bool = False) -> str | None:
-        """Mark ``key`` running under this process, unless it needs no work. Returns None when claimed, else
-        why it was skipped: ``"done"``, ``"failed"`` (kept unless retry_failed) or ``"busy"`` (another live
-        process on this host is running it)."""
-        me, host = os.getpid(), socket.gethostname()
+        """Mark ``key`` running under this writer, unless it needs no work. Returns None when claimed, else why
+        it was skipped: ``"done"``, ``"failed"`` (kept unless retry_failed) or ``"busy"`` (a live writer, here
+        or on another host, is running it)."""
+        me, host, now = os.getpid(), socket.gethostname(), time.time()
         with self._transaction():
-            row = self._db.execute("SELECT status, pid, host FROM runs WHERE key=?", (key,)).fetchone()
+            row = self._db.execute("SELECT status, pid, host, worker, heartbeat FROM runs WHERE key=?",
+                                   (key,)).fetchone()
             if row is not None:
                 if row["status"] == "done":
                     return "done"
                 if row["status"] == "failed" and not retry_failed:
                     return "failed"
-                if (row["status"] == "running" and row["host"] == host and row["pid"] != me
-                        and _pid_alive(row["pid"])):
-                    return "busy"
+                if row["status"] == "running" and row["worker"] != self.worker:
+                    alive = (worker_alive(row["worker"], row["heartbeat"], now) if row["worker"] else
+                             row["host"] == host and row["pid"] != me and _pid_alive(row["pid"]))  # a version-1 row
+                    if alive:
+                        return "busy"
                 self._db.execute("UPDATE runs SET status='running', reason=NULL, attempts=attempts+1, pid=?, "
-                                 "host=?, started=?, finished=NULL WHERE key=?", (me, host, _now(), key))
+                                 "host=?, started=?, finished=NULL, worker=?, heartbeat=? WHERE key=?",
+                                 (me, host, _now(), self.worker, now, key))
             else:
                 self._db.execute("INSERT INTO runs (key, model, method, pattern, level, identity, status, "
-                                 "attempts, pid, host, started) VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)",
-                                 (key, model, method, pattern, level, dumps(identity), me, host, _now()))
+                                 "attempts, pid, host, started, worker, heartbeat) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?, ?)",
+                                 (key, model, method, pattern, level, dumps(identity), me, host, _now(), self.worker,
+                                  now))
         return None
 
     def finish(self, key: str, status: str, *, metrics: dict | None = None, layers: list | None = None,

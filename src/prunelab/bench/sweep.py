@@ -12,19 +12,20 @@ Nothing is saved to disk unless ``save_dir`` is given, which also saves the writ
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..config import EMBEDDED_CALIBRATION, PAPER_CALIBRATION, DEFAULT_EVAL_SEQLEN, CalibrationConfig, PruneConfig
+from ..config import (EMBEDDED_CALIBRATION, PAPER_CALIBRATION, DEFAULT_EVAL_SEQLEN, CalibrationConfig, PruneConfig,
+                      devices_checked_where_runs_execute)
 from ..models.loading import DEFAULT_MODEL
-from ..record import host_description, package_versions
+from ..record import package_versions
 from .store import ResultsStore, run_key
 
 DEFAULT_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -191,14 +192,16 @@ def size_summary(model) -> dict:
 class Evaluator:
     """Everything a sweep measures on a model, with the inputs prepared once."""
 
-    def __init__(self, model_name: str, model, tokenizer, protocol: EvalProtocol, inputs: dict | None = None):
-        """``inputs``: what :func:`evaluation_inputs` loaded (loaded here if not given)."""
+    def __init__(self, model_name: str, model_or_config, tokenizer, protocol: EvalProtocol, inputs: dict | None = None):
+        """``inputs``: what :func:`evaluation_inputs` loaded (loaded here if not given); ``model_or_config``: the
+        model or just its config (a sweep's driver has no weights)."""
         from ..data import corpus_windows, tensor_sha256
 
         corpora, task_data = inputs or evaluation_inputs(protocol)
         self.protocol = protocol
+        model_config = getattr(model_or_config, "config", model_or_config)
         seqlen = protocol.seqlen or DEFAULT_EVAL_SEQLEN.get(model_name, 2048)
-        seqlen = min(seqlen, getattr(model.config, "max_position_embeddings", seqlen) or seqlen)
+        seqlen = min(seqlen, getattr(model_config, "max_position_embeddings", seqlen) or seqlen)
         self.seqlen = seqlen
         self.windows, self.identity = {}, {"protocol": dataclasses.asdict(protocol), "seqlen": seqlen, "data": {}}
         for corpus_name, corpus in corpora.items():
@@ -213,14 +216,20 @@ class Evaluator:
             self.identity["tasks"] = {r.name: r.identity() for r in self.task_requests}
         self.tokenizer = tokenizer
 
-    def __call__(self, model, progress: bool = False) -> tuple[dict, str | None]:
-        """Metrics of ``model``, and why the run must count as failed (None if it need not)."""
+    def __call__(self, model, progress: bool = False, device=None) -> tuple[dict, str | None]:
+        """Metrics of ``model``, and why the run must count as failed (None if it need not). On a CUDA
+        ``device`` the perplexity is computed there, one block at a time (the model stays where it is)."""
         from ..eval import perplexity
+        from ..eval.perplexity import blockwise_perplexity
 
         metrics: dict = {"perplexity": {}}
         problem = None
+        on_gpu = device is not None and torch.device(device).type == "cuda"
         for corpus_name, windows in self.windows.items():
-            result = perplexity(model, windows, batch_size=self.protocol.batch_size, progress=progress)
+            if on_gpu:
+                result = blockwise_perplexity(model, windows, device=device, progress=progress)
+            else:
+                result = perplexity(model, windows, batch_size=self.protocol.batch_size, progress=progress)
             metrics["perplexity"][corpus_name] = result
             if not result["finite"] and problem is None:
                 problem = f"perplexity on {corpus_name} is not finite ({result['ppl']}; mean NLL {result['nll']})"
@@ -249,153 +258,187 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = False, progress: bool = False,
-              log=print) -> dict:
-    """Run every run of ``config`` not yet ``done`` in ``store``; returns counts by outcome.
+def _slug(text: str) -> str:
+    """A file-name-safe form of a model name, method or level."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text.replace(":", "of")).strip("-") or "x"
 
-    One line per run with the ETA of the whole sweep. Ctrl-C marks the current run interrupted (rerunning
-    the same command redoes it); a failing run is recorded as failed with its reason and the sweep goes on.
-    """
+
+def save_name(model: str, spec: "RunSpec") -> str:
+    """Folder name of a saved run: model, method, pattern, level and calibration seed, so no two runs of a
+    sweep share one."""
+    level = f"{spec.level:g}" if spec.pattern_label == "unstructured" else "nm"
+    seed = spec.config.calibration.seed if spec.config.calibration else 0
+    return "-".join(_slug(x) for x in (Path(model).name or model, spec.method, spec.pattern_label, level, f"seed{seed}"))
+
+
+def compute_identity(cfg: PruneConfig) -> dict:
+    """What decides a run's numbers besides its inputs: where and in which precision it is computed (CPU and GPU
+    kernels round differently; the batch shape changes float sums)."""
+    import torch
+
+    device = torch.device(cfg.device)
+    calib = cfg.calibration
+    return {"device": device.type, "dtype": cfg.dtype, "compute_dtype": cfg.compute_dtype or cfg.dtype,
+            "calib_batch": cfg.engine_options().batch_for(calib.seqlen, device) if calib else None}
+
+
+# settings that only place work (memory, disk), never change a result: not part of a run's identity
+PLACEMENT_KEYS = ("model", "device", "offload", "offload_share", "max_activation_memory", "calib_batch_size",
+                  "compute_dtype")
+
+
+def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_path=None):
+    """Every run of ``config`` as (RunTask, claim fields), dense evaluations first for each model. Only tokenizers
+    and configs are loaded here (identities need calibration tokens and evaluation windows, not weights)."""
     from ..api import calibration_data
-    from ..engine import prune_model
-    from ..models import load_model
+    from ..models.loading import load_config_and_tokenizer
+    from .executors import RunTask
 
-    all_runs = config.runs()
+    from ..data import load_corpus
+
     versions = package_versions()
     key_versions = {k: versions.get(k) for k in KEY_PACKAGES}
-    counts = {"done": 0, "failed": 0, "skipped": 0, "busy": 0}
-    timings: dict[str, list[float]] = {}
-    total = len(all_runs) + len(config.models)  # one dense row per model
-    position = 0
-    pending = [r.method for r in all_runs]  # methods of the runs not yet reached, for the ETA
-    sweep_start = time.perf_counter()
+    all_runs = config.runs()
+    # Every input is found (or downloaded) before any model is touched, so a missing corpus fails in seconds.
+    calib_corpora = {c: load_corpus(c.corpus, c.split, log=log) for c in dict.fromkeys(
+        spec.config.calibration for spec in all_runs if spec.config.needs_calibration)}
+    eval_inputs = evaluation_inputs(config.evaluation, log=log)
+    plan = []
+    for model_name in config.models:
+        model_config, tokenizer, source = load_config_and_tokenizer(model_name)
+        model_identity = {"kind": source.kind, **{k: v for k, v in source.identity.items() if k != "path"}}
+        evaluator = Evaluator(model_name, model_config, tokenizer, config.evaluation, eval_inputs)
+        dense_cfg = PruneConfig(method="magnitude", model=model_name, sparsity=0.0, device=config.device,
+                                dtype=config.dtype)
+        dense_identity = {"model": model_identity, "dense": True, "dtype": config.dtype,
+                          "compute": {"device": compute_identity(dense_cfg)["device"]},
+                          "eval": evaluator.identity, "versions": key_versions}
+        key = run_key(dense_identity)
+        weights = run_key(model_identity)  # a worker reloads the model when this changes
+        plan.append((RunTask(key, "dense", "dense", model_name, config.dtype, None, config.evaluation,
+                             device=dense_cfg.device, progress=progress, weights=weights),
+                     dict(model=model_name, method="dense", pattern="dense", level=0.0, identity=dense_identity)))
+        calibrations: dict = {}
+        recovery_cache: dict = {}  # training data, prepared once per setting
+        runs = [r for r in all_runs if r.config.model == model_name]
+        snapshot_all = any(r.recovery for r in runs)  # fine-tuning trains embeddings and head too
+        plan[-1] = (dataclasses.replace(plan[-1][0], snapshot_all=snapshot_all), plan[-1][1])
+        for spec in runs:
+            cfg = spec.config
+            calib_identity = None
+            if cfg.needs_calibration:
+                if cfg.calibration not in calibrations:
+                    calibrations[cfg.calibration] = calibration_data(tokenizer, cfg.calibration,
+                                                                     calib_corpora[cfg.calibration])[1]
+                # where the corpus was read from is recorded, but does not decide the result (its checksum does)
+                calib_identity = {k: v for k, v in calibrations[cfg.calibration].items() if k != "provenance"}
+            prune_dict = {k: v for k, v in cfg.to_dict().items() if k not in PLACEMENT_KEYS}
+            identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
+                        "algorithm_options": cfg.algorithm().options(), "calibration": calib_identity,
+                        "compute": compute_identity(cfg), "eval": evaluator.identity, "versions": key_versions}
+            if spec.recovery is not None:
+                from . import recovery
+                identity["recovery"] = recovery.identity(config.finetune, spec.recovery, tokenizer, recovery_cache)
+            key = run_key(identity)
+            plan.append((RunTask(key, spec.describe(), spec.method, model_name, config.dtype, cfg.to_dict(),
+                                 config.evaluation, device=cfg.device, save_dir=config.save_dir,
+                                 save_name=save_name(model_name, spec), progress=progress, weights=weights,
+                                 imports=_plugin_modules(cfg), snapshot_all=snapshot_all, recovery=spec.recovery,
+                                 finetune=config.finetune if spec.recovery else None, identity=identity,
+                                 work_dir=str(Path(f"{store_path}.work") / key) if spec.recovery and store_path
+                                 else None),
+                         dict(model=model_name, method=spec.method, pattern=spec.pattern_label, level=spec.level,
+                              identity=identity)))
+    return plan
 
-    def eta(remaining: list[str]) -> str:
+
+def _plugin_modules(cfg: PruneConfig) -> tuple[str, ...]:
+    """The module of a run's algorithm when it is not prunelab's own, for workers in other processes to import."""
+    module = type(cfg.algorithm()).__module__
+    return () if module.split(".")[0] == "prunelab" else (module,)
+
+
+def run_sweep(config: SweepConfig, store: ResultsStore, *, retry_failed: bool = False, progress: bool = False,
+              log=print, executor=None) -> dict:
+    """Run every run of ``config`` not yet ``done`` in ``store``; returns counts by outcome.
+
+    ``executor``: where runs execute (default: this process, one at a time; bench/executors.py has Ray). This
+    function is the only writer of the store: it claims each run before it is handed out and records what comes
+    back. One line per run with the ETA of the whole sweep. Ctrl-C marks the runs in flight interrupted
+    (rerunning the same command redoes them); a failing run is recorded as failed with its reason and the sweep
+    goes on; a run whose worker died is recorded interrupted and redone by the next sweep.
+    """
+    from .executors import LocalExecutor, RunFailed
+
+    executor = executor or LocalExecutor()
+    with devices_checked_where_runs_execute() if executor.name != "local" else contextlib.nullcontext():
+        plan = plan_sweep(config, progress=progress, log=log, store_path=store.path)
+    fields = {task.key: f for task, f in plan}
+    counts = {"done": 0, "failed": 0, "skipped": 0, "busy": 0, "interrupted": 0}
+    timings: dict[str, list[float]] = {}
+    total = len(plan)
+    position = 0
+    pending = [task.method for task, _ in plan if task.method != "dense"]  # for the ETA
+    in_flight: set[str] = set()
+    sweep_start = time.perf_counter()
+    store.start_heartbeat()
+
+    def eta() -> str:
         every = [t for ts in timings.values() for t in ts]
         if not every:
             return "ETA unknown"
         mean = sum(every) / len(every)
-        left = sum((sum(timings[m]) / len(timings[m])) if m in timings else mean for m in remaining)
-        return f"ETA {_fmt_seconds(left)}"
+        left = sum((sum(timings[m]) / len(timings[m])) if m in timings else mean for m in pending)
+        return f"ETA {_fmt_seconds(left / executor.slots)}"
 
-    # Every input is found (or downloaded) before the first model load, so a missing corpus fails in seconds.
-    from ..data import load_corpus
-    calib_corpora = {c: load_corpus(c.corpus, c.split, log=log) for c in dict.fromkeys(
-        spec.config.calibration for spec in all_runs if spec.config.needs_calibration)}
-    eval_inputs = evaluation_inputs(config.evaluation, log=log)
-    for model_name in config.models:
-        model, tokenizer, source = load_model(model_name, config.dtype)
-        model_identity = {"kind": source.kind, **{k: v for k, v in source.identity.items() if k != "path"}}
-        runs = [r for r in all_runs if r.config.model == model_name]
-        snapshot = _parameter_snapshot(model, everything=any(r.recovery for r in runs))
-        evaluator = Evaluator(model_name, model, tokenizer, config.evaluation, eval_inputs)
-        recovery_cache: dict = {}  # training data, prepared once per setting
-        host = host_description()
-
-        def execute(key, label, method, pattern, level, identity, work):
-            nonlocal position
+    def claim(task) -> bool:
+        nonlocal position
+        skipped = store.claim(task.key, retry_failed=retry_failed, **fields[task.key])
+        if skipped:
             position += 1
-            skipped = store.claim(key, model=model_name, method=method, pattern=pattern, level=level,
-                                  identity=identity, retry_failed=retry_failed)
-            if skipped:
-                counts["skipped" if skipped != "busy" else "busy"] += 1
-                log(f"[{position}/{total}] {label}: {skipped} already, skipped")
-                return
-            started = time.perf_counter()
-            _reset_peak_rss()
-            try:
-                outcome = work()
-            except KeyboardInterrupt:
-                store.finish(key, "interrupted", reason="interrupted (Ctrl-C); rerun the sweep to redo it")
-                raise
-            except Exception as exc:  # a failing run is a result; the sweep goes on
-                reason = f"{type(exc).__name__}: {exc}"
-                store.finish(key, "failed", reason=reason, record={"traceback": traceback.format_exc(),
-                                                                    "versions": versions, "host": host})
+            counts["skipped" if skipped != "busy" else "busy"] += 1
+            if task.method in pending:
+                pending.remove(task.method)
+            log(f"[{position}/{total}] {task.label}: {skipped} already, skipped")
+            return False
+        in_flight.add(task.key)
+        return True
+
+    try:
+        for task, outcome in executor.run([task for task, _ in plan], claim):
+            position += 1
+            in_flight.discard(task.key)
+            if task.method in pending:
+                pending.remove(task.method)
+            if isinstance(outcome, RunFailed):
+                store.finish(task.key, "failed", reason=outcome.reason,
+                             record={"traceback": outcome.trace, **outcome.record})
                 counts["failed"] += 1
-                log(f"[{position}/{total}] {label}: FAILED ({reason})")
-                return
-            metrics, layers, record, problem = outcome
-            wall = time.perf_counter() - started
-            record.update({"wall_seconds": wall, "peak_rss_bytes": _peak_rss_bytes(), "versions": versions,
-                           "host": host})
-            store.finish(key, "failed" if problem else "done", metrics=metrics, layers=layers, record=record,
-                         reason=problem)
+                log(f"[{position}/{total}] {task.label}: FAILED ({outcome.reason})")
+                continue
+            if isinstance(outcome, tuple):  # ("interrupted", reason): the worker died
+                store.finish(task.key, "interrupted", reason=outcome[1])
+                counts["interrupted"] += 1
+                log(f"[{position}/{total}] {task.label}: INTERRUPTED ({outcome[1]})")
+                continue
+            problem = outcome.problem
+            store.finish(task.key, "failed" if problem else "done", metrics=outcome.metrics, layers=outcome.layers,
+                         record=outcome.record, reason=problem)
             counts["failed" if problem else "done"] += 1
-            timings.setdefault(method, []).append(wall)
-            ppl = "; ".join(f"{c} ppl {m['ppl']:.3f}" for c, m in metrics["perplexity"].items())
+            wall = outcome.record["wall_seconds"]
+            if task.method != "dense":
+                timings.setdefault(task.method, []).append(wall)
+            ppl = "; ".join(f"{c} ppl {m['ppl']:.3f}" for c, m in outcome.metrics["perplexity"].items())
             status = f"FAILED ({problem})" if problem else (ppl or "done")
-            log(f"[{position}/{total}] {label}: {status} | {wall:.0f} s | elapsed "
-                f"{_fmt_seconds(time.perf_counter() - sweep_start)}, {eta(pending)}")
-
-        def dense_work():
-            _restore(model, snapshot)
-            started = time.perf_counter()
-            metrics, problem = evaluator(model, progress)
-            metrics["size"] = size_summary(model)
-            return metrics, None, {"eval_seconds": time.perf_counter() - started, "prune_seconds": 0.0}, problem
-
-        dense_identity = {"model": model_identity, "dense": True, "dtype": config.dtype,
-                          "eval": evaluator.identity, "versions": key_versions}
-        execute(run_key(dense_identity), "dense", "dense", "dense", 0.0, dense_identity, dense_work)
-
-        calibration_cache: dict[CalibrationConfig, tuple] = {}
-        for spec in runs:
-            cfg = spec.config
-            algorithm = cfg.algorithm()
-            calib_identity = None
-            if cfg.needs_calibration:
-                if cfg.calibration not in calibration_cache:
-                    calibration_cache[cfg.calibration] = calibration_data(tokenizer, cfg.calibration,
-                                                                          calib_corpora[cfg.calibration])
-                # where the corpus was read from is recorded, but does not decide the result (its checksum does)
-                calib_identity = {k: v for k, v in calibration_cache[cfg.calibration][1].items() if k != "provenance"}
-            prune_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "device")}
-            identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
-                        "algorithm_options": algorithm.options(), "calibration": calib_identity,
-                        "eval": evaluator.identity, "versions": key_versions}
-            if spec.recovery is not None:
-                from . import recovery
-                identity["recovery"] = recovery.identity(config.finetune, spec.recovery, tokenizer, recovery_cache)
-
-            def work(spec=spec, cfg=cfg, algorithm=algorithm, identity=identity):
-                _restore(model, snapshot)
-                calibration = calibration_cache[cfg.calibration][0] if cfg.needs_calibration else None
-                started = time.perf_counter()
-                recovered = None
-                if spec.recovery is not None:  # prune (one-shot or iteratively) and fine-tune; prune_seconds: both
-                    from . import recovery
-                    layers, recovered = recovery.run(
-                        model, tokenizer, cfg, spec.recovery, config.finetune, calibration, cache=recovery_cache,
-                        work=Path(f"{store.path}.work") / run_key(identity), run_identity=identity, progress=progress)
-                else:
-                    layers = prune_model(model, algorithm, cfg.pattern_obj(), calibration, device=cfg.device,
-                                         progress=progress, post=cfg.post_steps())
-                prune_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                metrics, problem = evaluator(model, progress)
-                eval_seconds = time.perf_counter() - started
-                metrics["size"] = size_summary(model)
-                errors = [r.reconstruction_error for r in layers if r.reconstruction_error is not None]
-                if errors:
-                    metrics["mean_reconstruction_error"] = sum(errors) / len(errors)
-                record = {"prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "config": cfg.to_dict(),
-                          "algorithm_options": algorithm.options(),
-                          "calibration": calibration_cache[cfg.calibration][1] if cfg.needs_calibration else None,
-                          **(recovered or {})}
-                if config.save_dir:
-                    from ..export import save_pruned
-                    out = Path(config.save_dir) / f"{spec.method}-{spec.describe().split()[-1].replace(':', 'of')}"
-                    save_pruned(model, tokenizer, out, {"prunelab_record": 1, **record, "metrics": metrics},
-                                force=True)
-                    record["saved_to"] = str(out)
-                    metrics["size"]["saved_safetensors_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-                return metrics, [r.to_dict() for r in layers], record, problem
-
-            pending.pop(0)
-            execute(run_key(identity), spec.describe(), spec.method, spec.pattern_label, spec.level, identity, work)
-        _restore(model, snapshot)
-        del model, snapshot
+            log(f"[{position}/{total}] {task.label}: {status} | {wall:.0f} s | elapsed "
+                f"{_fmt_seconds(time.perf_counter() - sweep_start)}, {eta()}")
+    except KeyboardInterrupt:
+        executor.shutdown()
+        for key in in_flight:
+            store.finish(key, "interrupted", reason="interrupted (Ctrl-C); rerun the sweep to redo it")
+        raise
+    finally:
+        executor.shutdown()
     counts["seconds"] = time.perf_counter() - sweep_start
     return counts
 

@@ -386,6 +386,8 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
         batch = options.batch_for(seqlen, device)
         with timer.phase("inputs"):
             calls, activations = embed_inputs(adapter, calibration, batch, device, options)
+            if hasattr(source, "release_inputs"):  # a streaming source frees the embeddings now
+                source.release_inputs()
         if info is not None:
             info.update({"batch_size": batch, "compute_dtype": str(activations.dtype).replace("torch.", ""),
                          "activations": activations.place, "activation_bytes": activations.nbytes})

@@ -51,6 +51,8 @@ def blockwise_perplexity(model, windows: torch.Tensor, device="cpu", source=None
     n = windows.shape[0]
     batch = options.batch_for(windows.shape[1], device)
     calls, hidden = embed_inputs(adapter, windows, batch, device, options)
+    if hasattr(source, "release_inputs"):  # a streaming source: embeddings out, head in, one at a time
+        source.release_inputs()
     try:
         with torch.no_grad():
             for i in tqdm(range(len(source)), desc="perplexity (blockwise)", unit="block", disable=not progress):
@@ -62,6 +64,8 @@ def blockwise_perplexity(model, windows: torch.Tensor, device="cpu", source=None
                     hidden.write(start, adapter.run_block(block, hidden.read(start, min(start + batch, n)), call))
                 block.to(home)
                 source.done(i, block)
+            if hasattr(source, "materialize_head"):
+                source.materialize_head()
             head = [m for m in (_get(model, adapter.family.final_norm), _get(model, adapter.family.project_out),
                                 model.get_output_embeddings()) if m is not None]
             homes = [next(m.parameters()).device for m in head]

@@ -42,6 +42,47 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file, remembered in the cache by (path, size, mtime, inode): weights of tens of GB are
+    hashed once, not on every run."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    book = cache_dir() / "checksums.json"
+    try:
+        known = json.loads(book.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = sha256_file(path)
+        book.parent.mkdir(parents=True, exist_ok=True)
+        tmp = book.with_name(f".{book.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, book)  # a racing writer loses at worst another's entry, which is recomputed later
+    return known[key]
+
+
+def weights_checksum(folder: Path) -> str:
+    """One sha256 over every weight file of a model folder (names and contents), so a changed or re-saved
+    checkpoint under the same folder and config is a different model."""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"{folder} has config.json but no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    return hashlib.sha256("".join(f"{f.name}:{cached_sha256(f)}\n" for f in files).encode()).hexdigest()
+
+
+def hub_revision(hub_id: str, revision: str | None = None) -> str | None:
+    """The commit a hub id resolves to (from the local cache when offline); None when it cannot be resolved."""
+    try:
+        from huggingface_hub import hf_hub_download
+        config = hf_hub_download(hub_id, "config.json", revision=revision)
+    except Exception:
+        return None
+    return Path(config).parent.name  # .../snapshots/<commit>/config.json
+
+
 def _embedded_path(name: str) -> Path:
     dist_name, rel = EMBEDDED_MODELS[name]
     try:
@@ -67,9 +108,11 @@ def resolve_source(source: str) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a folder but has no config.json; is it a Hugging Face model folder?")
-        return ModelSource("folder", str(path.resolve()), {"path": str(path.resolve()), "config_sha256": sha256_file(path / "config.json")})
+        return ModelSource("folder", str(path.resolve()), {"path": str(path.resolve()),
+                                                          "config_sha256": sha256_file(path / "config.json"),
+                                                          "weights_sha256": weights_checksum(path)})
     if source.count("/") == 1 and not path.exists():
-        return ModelSource("hub", source, {"hub_id": source})
+        return ModelSource("hub", source, {"hub_id": source, "revision": hub_revision(source)})
     raise FileNotFoundError(
         f"model {source!r} is neither an embedded name ({', '.join(EMBEDDED_MODELS)}), a .gguf file, "
         "a Hugging Face model folder, nor a hub id of the form owner/name")
@@ -114,6 +157,21 @@ def strip_quantization_config(model) -> None:
     model.is_quantized = False
 
 
+def load_config_and_tokenizer(source: str, trust_remote_code: bool = False, resolved: ModelSource | None = None):
+    """(model config, tokenizer, ModelSource) without reading any weights (what a sweep driver needs)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    resolved = resolved or resolve_source(source)
+    location = resolved.location
+    if resolved.kind in ("embedded", "gguf"):
+        from .streaming import _gguf_meta_folder
+        location = str(_gguf_meta_folder(Path(resolved.location), resolved.identity["sha256"]))
+    revision = resolved.identity.get("revision") if resolved.kind == "hub" else None
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, revision=revision)
+    return config, tokenizer, resolved
+
+
 def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False, resolved: ModelSource | None = None):
     """Load ``source`` for pruning on CPU; returns (model, tokenizer, ModelSource) (``resolved``: its
     resolve_source result, if already known)."""
@@ -125,9 +183,10 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
     location = resolved.location
     if resolved.kind in ("embedded", "gguf"):
         location = str(_gguf_as_folder(Path(resolved.location), resolved.identity["sha256"]))
+    revision = resolved.identity.get("revision") if resolved.kind == "hub" else None  # the commit identified
     model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, low_cpu_mem_usage=True)
-    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, low_cpu_mem_usage=True, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, revision=revision)
     model.eval()
     model.config.use_cache = False
     return model, tokenizer, resolved

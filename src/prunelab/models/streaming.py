@@ -268,15 +268,15 @@ class StreamingBlocks:
             raise ValueError(f"{len(missing)} of the model's tensors are not in the checkpoint (e.g. {missing[:3]}); "
                              "this checkpoint cannot be streamed, run without --offload disk")
         self.outside = {n: t for n, t in state.items() if not n.startswith(self.prefix + ".")}
-        for name, t in self.outside.items():
-            if t.device.type == "meta":
-                _set_tensor(model, name, tensors.read(name).to(t.dtype))
-        current = _unique_state(model)
-        # parameter counts for the run's summary (the blocks' are counted as they are handed back)
-        self.params = sum(current[n].numel() for n in self.outside)
-        self.nonzero = sum(int((current[n] != 0).sum()) for n in self.outside)
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.tie_weights()
+        # counts for the run's summary (the blocks' are added as they are handed back)
+        self.params = sum(t.numel() for t in self.outside.values())
+        self.nonzero = sum(int((self._read_outside(n) != 0).sum()) for n in self.outside)
+        # Only the tensors the model's preamble needs (embeddings) are read now; the head (final norm, LM head)
+        # only when something evaluates, and both are dropped again once used.
+        head_modules = [self.adapter.family.final_norm, self.adapter.family.project_out,
+                        next(n for n, m in model.named_modules() if m is model.get_output_embeddings())]
+        self.head_names = {n for n in self.outside if any(n.startswith(f"{m}.") for m in head_modules if m)}
+        self._materialize([n for n in self.outside if n not in self.head_names])
         self.out = Path(out) if out is not None else None
         self.staging = None
         self.weight_map: dict[str, str] = {}
@@ -290,6 +290,32 @@ class StreamingBlocks:
 
     def __len__(self) -> int:
         return len(self.adapter.blocks)
+
+    def _read_outside(self, name: str) -> torch.Tensor:
+        """A tensor outside the blocks in the model's dtype: from the checkpoint, or the model's own buffer."""
+        t = self.outside[name]
+        return self.tensors.read(name).to(t.dtype) if name in self.tensors else t
+
+    def _materialize(self, names) -> None:
+        current = _unique_state(self.model)
+        for name in names:
+            if current[name].device.type == "meta":
+                _set_tensor(self.model, name, self.tensors.read(name).to(current[name].dtype))
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+
+    def release_inputs(self) -> None:
+        """The calibration inputs are embedded: the tensors outside the blocks go back to meta (the output copies
+        them from the source at the end)."""
+        current = _unique_state(self.model)
+        for name in self.outside:
+            _set_tensor(self.model, name, torch.empty_like(current[name], device="meta"))
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+
+    def materialize_head(self) -> None:
+        """Read the final norm and LM head (for an evaluation)."""
+        self._materialize(sorted(self.head_names))
 
     def _shard_name(self, k: int) -> str:
         return f"model-{k:05d}-of-{self.n_shards:05d}.safetensors"
@@ -327,8 +353,8 @@ class StreamingBlocks:
         try:
             shard = self._shard_name(self.n_shards)
             specs = {n: (t.dtype, tuple(t.shape)) for n, t in self.outside.items()}
-            current = _unique_state(self.model)
-            self.total_bytes += write_safetensors(self.staging / shard, specs, read=lambda n: current[n])
+            # unchanged by pruning: copied from the source one tensor at a time
+            self.total_bytes += write_safetensors(self.staging / shard, specs, read=self._read_outside)
             self.weight_map.update({name: shard for name in specs})
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
             (self.staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
