@@ -55,8 +55,8 @@ def local_ray():
         os.environ["PYTHONPATH"] = old
 
 
-def config(workdir, methods, marker=""):
-    return SweepConfig(methods=methods, levels=(0.5,), patterns=("unstructured", "2:4"),
+def config(workdir, methods, marker="", patterns=("unstructured",)):
+    return SweepConfig(methods=methods, levels=(0.5,), patterns=patterns,
                        models=(str(workdir / "model"),),
                        calibrations=(prunelab.CalibrationConfig(str(workdir / "corpus.txt"), "train", 4, 32, 0),),
                        method_options={"test-kills-worker": {"marker": marker}},
@@ -68,12 +68,12 @@ def rows(store) -> dict:
 
 
 def test_ray_sweep_gives_the_local_executors_rows_and_numbers(workdir, tmp_path, local_ray):
-    cfg = config(workdir, ("magnitude", "wanda", "sparsegpt"))
+    cfg = config(workdir, ("wanda", "sparsegpt"), patterns=("unstructured", "2:4"))
     local, remote = ResultsStore(tmp_path / "local.db"), ResultsStore(tmp_path / "ray.db")
-    assert run_sweep(cfg, local, log=lambda *_: None)["done"] == 7
+    assert run_sweep(cfg, local, log=lambda *_: None)["done"] == 5
     lines = []
     counts = run_sweep(cfg, remote, log=lines.append, executor=RayExecutor(cpus_per_run=1))
-    assert counts["done"] == 7 and len(lines) == 7
+    assert counts["done"] == 5 and len(lines) == 5
     a, b = rows(local), rows(remote)
     assert set(a) == set(b)  # same keys: the identity does not depend on the executor
     for key in a:
@@ -82,7 +82,7 @@ def test_ray_sweep_gives_the_local_executors_rows_and_numbers(workdir, tmp_path,
         assert a[key]["layers"] == b[key]["layers"] or _same_layers(a[key]["layers"], b[key]["layers"])
         assert b[key]["record"]["host"]["torch_threads"] == 1  # each Ray task ran with its one CPU
     # a second Ray sweep finds everything done
-    assert run_sweep(cfg, remote, log=lambda *_: None, executor=RayExecutor(cpus_per_run=1))["skipped"] == 7
+    assert run_sweep(cfg, remote, log=lambda *_: None, executor=RayExecutor(cpus_per_run=1))["skipped"] == 5
 
 
 def _same_layers(x, y):
@@ -96,12 +96,12 @@ def test_a_killed_worker_leaves_its_run_to_the_next_sweep(workdir, tmp_path, loc
     cfg = config(workdir, ("magnitude", "test-kills-worker"), marker=str(marker))
     store = ResultsStore(tmp_path / "s.db")
     first = run_sweep(cfg, store, log=lambda *_: None, executor=RayExecutor(cpus_per_run=1))
-    assert marker.exists() and first["interrupted"] == 1 and first["done"] == 4
+    assert marker.exists() and first["interrupted"] == 1 and first["done"] == 2
     interrupted = [r for r in store.rows() if r["status"] == "interrupted"]
     assert len(interrupted) == 1 and "worker" in interrupted[0]["reason"].lower()
     second = run_sweep(cfg, store, log=lambda *_: None, executor=RayExecutor(cpus_per_run=1))
-    assert (second["done"], second["skipped"]) == (1, 4)
-    assert {r["status"] for r in store.rows()} == {"done"} and len(store.rows()) == 5
+    assert (second["done"], second["skipped"]) == (1, 2)
+    assert {r["status"] for r in store.rows()} == {"done"} and len(store.rows()) == 3
     redone = store.get(interrupted[0]["key"])
     assert redone["attempts"] == 2
     # the redone run's numbers are those of a sweep that was never interrupted

@@ -1,0 +1,148 @@
+"""prunelab vs llm-compressor, side by side in one run: pruning time, peak memory and perplexity on the CPU.
+
+Protocol of benchmarks/core_methods.py: the embedded model (fp32), 64 x 512 C4 calibration tokens (seed 0, the very
+same ids for both tools), WikiText-2 test perplexity at seqlen 512 over the first 128 windows (`prunelab eval`
+for every output). Each prune is its own process under `/usr/bin/time -v` (wall time, maximum RSS); the tools'
+own timers are prunelab.json's prune_seconds and llm-compressor's seconds_oneshot (the oneshot call). The runs
+alternate tools so slow drift of the machine's load hits both; the load average is recorded around each.
+
+    bash benchmarks/llmcompressor/compare.sh   # once: llm-compressor's venv and the exported inputs in $WORK
+    python benchmarks/llmcompressor/speed.py [--runs ours-sparsegpt,llmc-sparsegpt,...]
+Results: benchmarks/results/speed_vs_llmcompressor.{json,md}; finished runs are kept and skipped on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = Path(os.environ.get("WORK", "/tmp/llmc"))
+CALIB = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seed", "0"]
+EVAL = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128"]
+RUNS = {  # name -> (tool, method, extra prunelab flags)
+    "ours-sparsegpt": ("prunelab", "sparsegpt", []),
+    "llmc-sparsegpt": ("llmc", "sparsegpt", []),
+    "ours-wanda": ("prunelab", "wanda", []),
+    "llmc-wanda": ("llmc", "wanda", []),
+    "ours-sparsegpt-bf16": ("prunelab", "sparsegpt", ["--compute-dtype", "bfloat16"]),
+}
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def time_v(text: str) -> dict:
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    parts = [float(p) for p in wall.group(1).split(":")] if wall else []
+    return {"max_rss_mib": int(rss.group(1)) / 1024 if rss else None,
+            "wall_seconds": sum(p * 60 ** (len(parts) - 1 - k) for k, p in enumerate(parts)) if parts else None}
+
+
+def run_one(name: str, work: Path) -> dict:
+    tool, method, extra = RUNS[name]
+    out = work / f"out-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    if tool == "prunelab":
+        cmd = [sys.executable, "-m", "prunelab.cli", "prune", "--method", method, "--sparsity", "0.5", *CALIB, *extra,
+               "--device", "cpu", "--offload", "none", "--out", str(out), "--quiet"]
+    else:
+        folder = subprocess.run([sys.executable, str(ROOT / "benchmarks/llmcompressor/export_inputs.py"), str(WORK)],
+                                check=True, capture_output=True, text=True).stdout.splitlines()[0]
+        cmd = [str(WORK / "venv/bin/python"), str(ROOT / "benchmarks/llmcompressor/run_llmc.py"), "--model", folder,
+               "--calib", str(WORK / "calib.pt"), "--method", method, "--sparsity", "0.5", "--mask-structure", "0:0",
+               "--out", str(out)]
+    row = {"run": name, "tool": tool, "method": method, "extra": extra, "loadavg_start": loadavg()}
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    row["loadavg_end"] = loadavg()
+    if proc.returncode:
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    row.update(time_v(proc.stderr))
+    if tool == "prunelab":
+        record = json.loads((out / "prunelab.json").read_text())
+        row.update({"tool_seconds": record["prune_seconds"], "sparsity": record["summary"]["sparsity"],
+                    "engine": record["engine"]})
+    else:
+        record = json.loads((out / "llmc_run.json").read_text())
+        row.update({"tool_seconds": record["seconds_oneshot"], "sparsity": record["zero_fraction_targeted"]})
+    ev = work / f"{name}-eval.json"
+    subprocess.run([sys.executable, "-m", "prunelab.cli", "eval", str(out), *EVAL, "--json", str(ev), "--quiet"],
+                   check=True, capture_output=True)
+    row["ppl"] = json.loads(ev.read_text())["ppl"]
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--name", default="speed_vs_llmcompressor")
+    args = parser.parse_args()
+    if not (WORK / "venv/bin/python").exists():
+        raise SystemExit(f"no llm-compressor venv in {WORK}: run benchmarks/llmcompressor/compare.sh once (or set WORK)")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.name}.json"
+    rows = {r["run"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+    for name in args.runs.split(","):
+        if name in rows:
+            print(f"{name}: measured already, skipped")
+            continue
+        rows[name] = run_one(name, WORK)
+        print(json.dumps(rows[name]), flush=True)
+        path.write_text(json.dumps({"rows": list(rows.values())}, indent=2) + "\n")
+
+    def get(name, key):
+        return rows.get(name, {}).get(key)
+
+    lines = ["# prunelab vs llm-compressor on 2 CPU cores (one run, alternating tools)", "",
+             "Embedded model fp32, 64 x 512 C4 calibration tokens (seed 0, same ids), 50% unstructured; WikiText-2 "
+             "test ppl, seqlen 512, first 128 windows (`prunelab eval` for both).", "",
+             "| run | tool timer s | process wall s | max RSS MiB | ppl | sparsity | load avg start -> end |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows.values():
+        lines.append(f"| {r['run']} | {r['tool_seconds']:.1f} | {r['wall_seconds']:.0f} | {r['max_rss_mib']:.0f} | "
+                     f"{r['ppl']:.3f} | {r['sparsity']:.4f} | {r['loadavg_start']} -> {r['loadavg_end']} |")
+    checks = [
+        ("SparseGPT fp32 time (tool timer) vs llm-compressor", ratio(get("ours-sparsegpt", "tool_seconds"),
+                                                                   get("llmc-sparsegpt", "tool_seconds")), 0.65),
+        ("SparseGPT fp32 peak RSS vs llm-compressor", ratio(get("ours-sparsegpt", "max_rss_mib"),
+                                                          get("llmc-sparsegpt", "max_rss_mib")), 0.8),
+        ("Wanda time (tool timer) vs llm-compressor's Wanda", ratio(get("ours-wanda", "tool_seconds"),
+                                                                   get("llmc-wanda", "tool_seconds")), 0.5),
+        ("SparseGPT bf16 compute time vs llm-compressor's fp32", ratio(get("ours-sparsegpt-bf16", "tool_seconds"),
+                                                                      get("llmc-sparsegpt", "tool_seconds")), 0.4),
+    ]
+    lines += ["", "| target | measured ratio | target | met |", "|---|---|---|---|"]
+    for label, value, target in checks:
+        lines.append(f"| {label} | {'-' if value is None else f'{value:.3f}'} | <= {target} | "
+                     f"{'-' if value is None else ('yes' if value <= target else 'NO')} |")
+    ppl = [("SparseGPT fp32 ppl vs llm-compressor (within 0.1%)", get("ours-sparsegpt", "ppl"),
+            get("llmc-sparsegpt", "ppl"), 0.001),
+           ("SparseGPT bf16 ppl vs prunelab fp32 (within 1%)", get("ours-sparsegpt-bf16", "ppl"),
+            get("ours-sparsegpt", "ppl"), 0.01)]
+    for label, a, b, tol in ppl:
+        if a is not None and b is not None:
+            rel = abs(a - b) / b
+            lines.append(f"| {label} | {100 * rel:.3f}% | <= {100 * tol:g}% | {'yes' if rel <= tol else 'NO'} |")
+    lines += ["", f"Reproduce: `python benchmarks/llmcompressor/speed.py` (after `bash benchmarks/llmcompressor/compare.sh`"
+              " has set up the llm-compressor venv)"]
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
