@@ -293,6 +293,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     The first batch runs with recording hooks, to learn which layers are fed the same tensor (they share one
     accumulator) and which prunable layer runs last; later batches stop as soon as that layer's input has been
     seen, so the rest of the block (the last projection, the residual add) is never computed for statistics.
+    With ``needs`` empty every batch runs the whole block.
     """
     layers = adapter.prunable_layers(runner)
     n = activations.shape[0]
@@ -331,7 +332,8 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
         raise _StopForward
 
     handles = [layers[name].register_forward_pre_hook(accumulate(acc)) for name, acc in accumulators.items()]
-    handles.append(layers[order[-1]].register_forward_pre_hook(stop))
+    if needs:  # with nothing to accumulate the pass runs whole (callers may hook the block's output)
+        handles.append(layers[order[-1]].register_forward_pre_hook(stop))
     try:
         with torch.no_grad(), timer.phase("stats_forward"):
             for start in range(min(batch, n), n, batch):
