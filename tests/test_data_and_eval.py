@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from prunelab.data import calibration_segments, data_dir, evaluation_windows, load_corpus
 from prunelab.data.corpora import Corpus
 from prunelab.eval import perplexity
-from tiny_models import random_ids, tiny_model
+from tiny_models import CharTokenizer, random_ids, tiny_model
 
 needs_data = pytest.mark.skipif(not (data_dir() / "wikitext-2-raw" / "wiki.test.raw").is_file(),
                                 reason="shared/data not present (set PRUNELAB_DATA)")
@@ -31,16 +31,6 @@ def test_other_local_corpora_load():
     assert len(load_corpus("c4", "train").rows) == 1000
     with pytest.raises(ValueError, match="splits"):
         load_corpus("ptb", "train2")
-
-
-class CharTokenizer:
-    """One id per character: enough to check the sampling convention exactly."""
-    def __call__(self, text, return_tensors=None):
-        ids = [ord(c) % 256 for c in text]
-
-        class Enc:
-            input_ids = torch.tensor([ids]) if return_tensors == "pt" else ids
-        return Enc()
 
 
 def test_document_calibration_follows_the_sparsegpt_convention():

@@ -16,15 +16,7 @@ from prunelab.data import hub
 from prunelab.data.corpora import known_corpus_of, parse_hf_spec
 from prunelab.eval.tasks import load_task
 from prunelab.models.loading import sha256_file
-
-
-class CharTokenizer:
-    def __call__(self, text, return_tensors=None):
-        ids = [ord(c) % 256 for c in text]
-
-        class Enc:
-            input_ids = torch.tensor([ids]) if return_tensors == "pt" else ids
-        return Enc()
+from tiny_models import CharTokenizer
 
 
 @pytest.fixture

@@ -56,6 +56,16 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Pruning removes weights fr
         "outputs close to the dense model. Calibration data gives the statistics of each layer's inputs. ") * 40
 
 
+class CharTokenizer:
+    """One id per character: enough to check the sampling convention exactly."""
+    def __call__(self, text, return_tensors=None):
+        ids = [ord(c) % 256 for c in text]
+
+        class Enc:
+            input_ids = torch.tensor([ids]) if return_tensors == "pt" else ids
+        return Enc()
+
+
 def tiny_tokenizer(vocab: int = 300):
     """A byte-level BPE tokenizer trained in memory on TEXT (no download)."""
     from tokenizers import ByteLevelBPETokenizer
