@@ -12,7 +12,8 @@ suffix refines attention projections only; a ``-tok`` suffix measures DSnoT's er
 over all tokens (prunelab before 2026-11-27) instead of per calibration sequence with the within-sequence
 variance (the authors' code); ``~key=value`` after the name passes an option to the refinement
 (``dsnot~threshold=0.01@0.6``). The attention-only variant is not a prunelab option; this script wraps the
-engine's refinement call to skip layers whose name contains "mlp".
+engine's per-layer solve (to learn the layer's name) and the registered refine step's ``dsnot_refine`` call to skip
+layers whose name contains "mlp".
 """
 import dataclasses
 import json
@@ -24,6 +25,7 @@ from prunelab.algorithms import get_algorithm
 from prunelab.api import calibration_data
 from prunelab.bench.sweep import _parameter_snapshot, _restore
 from prunelab.config import CalibrationConfig
+from prunelab.algorithms import dsnot
 from prunelab.engine import prune_model
 from prunelab.engine import sequential
 from prunelab.engine.sequential import PostSteps
@@ -31,12 +33,12 @@ from prunelab.models.loading import DEFAULT_MODEL, load_model
 from prunelab.patterns import Pattern
 
 variant_settings = {"fragment": None, "layer": "", "options": {}, "token_units": False}
-solve_weight, dsnot_refine = sequential.solve_weight, sequential.dsnot_refine
+solve, dsnot_refine = sequential.solve, dsnot.dsnot_refine
 
 
-def solve_weight_named(dense, algorithm, stats, pattern, post, name="?"):
+def solve_named(dense, algorithm, stats, pattern, post, name="?", **kwargs):
     variant_settings["layer"] = name
-    return solve_weight(dense, algorithm, stats, pattern, post, name)
+    return solve(dense, algorithm, stats, pattern, post, name, **kwargs)
 
 
 def refine_unless_skipped(w_dense, w_pruned, stats, pattern, **options):
@@ -50,7 +52,7 @@ def refine_unless_skipped(w_dense, w_pruned, stats, pattern, **options):
 def main() -> int:
     variants, out = sys.argv[1].split(","), sys.argv[2]
     split = sys.argv[3] if len(sys.argv) > 3 else "test"
-    sequential.solve_weight, sequential.dsnot_refine = solve_weight_named, refine_unless_skipped
+    sequential.solve, dsnot.dsnot_refine = solve_named, refine_unless_skipped
     model, tokenizer, _ = load_model(DEFAULT_MODEL)
     calibration, _ = calibration_data(tokenizer, CalibrationConfig(samples=64, seqlen=512, seed=0))
     snapshot = _parameter_snapshot(model)

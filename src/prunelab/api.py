@@ -105,7 +105,7 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
                        f"({calib_corpus.source}), seed {calib.seed}")
         calibration, calib_info = calibration_data(tokenizer, calib, calib_corpus)
     start = time.perf_counter()
-    structure_record = None
+    structure_record = allocation = None
     engine: dict = {"offload": "disk" if blocks else "none"}
     if structured:
         from .engine.structured import prune_structured
@@ -118,10 +118,11 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         errors = [r["reconstruction_error"] for r in layer_dicts if r.get("reconstruction_error") is not None]
     else:
         _log(progress, f"pruning with {config.method}, {pattern.describe()}, on {config.device}")
+        allocation = config.allocation_obj() if config.allocation is not None else None
         try:
             layers = prune_model(model, algorithm, pattern, calibration, device=config.device, progress=progress,
                                  post=config.post_steps(), source=blocks, options=config.engine_options(),
-                                 info=engine)
+                                 info=engine, allocation=allocation)
         except BaseException:
             if blocks is not None:
                 blocks.close()  # drop the staging folder: no half-written output
@@ -160,6 +161,7 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         "peak_rss_bytes": peak_rss_bytes(),
         "engine": engine,
         "layers": layer_dicts,
+        **({"allocation": allocation.info} if allocation else {}),
         "versions": package_versions(),
         "host": host_description(),
     }
@@ -315,16 +317,30 @@ def _perplexity_result(model, tokenizer, name, corpus: Corpus, seqlen, max_windo
     return result
 
 
-def parse_method_spec(spec: str):
-    """'wanda', 'wanda+dsnot', 'magnitude+refit', 'wanda+dsnot+refit' -> (algorithm name, PostSteps)."""
+def parse_run_spec(spec: str):
+    """'wanda', 'wanda+dsnot', 'magnitude+refit', 'sparsegpt+owl', 'wanda+dsnot-h+refit+search' ->
+    (algorithm name, PostSteps, allocation kind). Steps: a registered refinement, refit, and one allocation."""
     from .engine import PostSteps
+    from .engine.allocation import KINDS
+    from .steps import steps_of
 
     name, *steps = spec.split("+")
-    unknown = set(steps) - {"dsnot", "dsnot-h", "refit"}
-    if unknown or ("dsnot" in steps and "dsnot-h" in steps):
-        raise ValueError(f"bad step(s) in {spec!r}; steps are +dsnot or +dsnot-h, and +refit")
-    refine = next((s for s in steps if s.startswith("dsnot")), None)
-    return name, PostSteps(refine=refine, refit="refit" in steps)
+    refines = [s for s in steps if s in steps_of("refine")]
+    allocations = [s for s in steps if s in KINDS]
+    unknown = set(steps) - set(refines) - set(allocations) - {"refit"}
+    if unknown or len(refines) > 1 or len(allocations) > 1:
+        raise ValueError(f"bad step(s) in {spec!r}; steps are one refinement (+{', +'.join(steps_of('refine'))}), "
+                         f"+refit, and one allocation (+owl, +search)")
+    return name, PostSteps(refine=refines[0] if refines else None, refit="refit" in steps), \
+        (allocations[0] if allocations else "uniform")
+
+
+def parse_method_spec(spec: str):
+    """'wanda', 'wanda+dsnot', 'magnitude+refit', 'wanda+dsnot+refit' -> (algorithm name, PostSteps)."""
+    name, post, allocation = parse_run_spec(spec)
+    if allocation != "uniform":
+        raise ValueError(f"{spec!r}: an allocation (+{allocation}) applies to whole-model runs, not here")
+    return name, post
 
 
 def compare_layers(methods: list[str], *, model: str | None = None, sparsity: float | None = None,

@@ -9,7 +9,7 @@ import sys
 from .models.loading import DEFAULT_MODEL
 
 # Subcommands defined in prunelab/commands/<name>.py (one module each, so adding one touches one line here).
-COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative")
+COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative", "check_algorithm")
 
 
 def _method_options(pairs: list[str]) -> dict:
@@ -29,6 +29,7 @@ def _method_options(pairs: list[str]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from .algorithms import available
     from .algorithms.structured import STRUCTURED_METHODS
+    from .steps import steps_of
 
     parser = argparse.ArgumentParser(prog="prunelab", description="Prune and evaluate causal language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,19 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", choices=["channels", "heads", "channels,heads", "heads,channels", "blocks"],
                    help="structured pruning: physically remove MLP channels, attention heads or whole blocks "
                    "(the saved model is smaller)")
-    p.add_argument("--allocation", help="structured widths: uniform (default, same in every block) or adaptive "
-                   "(FLAP's per-block widths, saved zero-padded to the widest block)")
+    p.add_argument("--allocation", help="unstructured: per-layer sparsity uniform (default), owl (outlier-weighted) "
+                   "or search (evolutionary, reward = calibration loss), the global sparsity exact; structured: "
+                   "widths uniform (default, same in every block) or adaptive (FLAP's per-block widths, saved "
+                   "zero-padded to the widest block)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M (N zeroed of every M, e.g. 2:4)")
     p.add_argument("--scope", choices=["layer", "row", "global"], help="where unstructured sparsity is counted "
                    "(default: the method's; wanda=row, others=layer; global = one threshold over all layers)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, e.g. --opt dampening=0.01")
-    p.add_argument("--refine", choices=["dsnot", "dsnot-h"], help="revise the method's mask with DSnoT (no weight "
+    p.add_argument("--refine", choices=steps_of("refine"), help="revise the method's mask with DSnoT (no weight "
                    "updates); dsnot-h keeps only moves that lower the true reconstruction error (XᵀX)")
     p.add_argument("--refit", action="store_true", help="least-squares weights on the final support (PCG)")
     p.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
                    help="record per-layer reconstruction error (default: whenever calibration runs anyway)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="add (W_dense - W)·E[x] to layer biases (default: the method's; MAMA: on)")
+    p.add_argument("--owl-m", type=float, help="OWL outlier threshold M (default 5; also --opt owl_m=...)")
+    p.add_argument("--owl-lambda", type=float, help="OWL spread λ around the target (default 0.08; also --opt owl_lambda=...)")
+    p.add_argument("--search-budget", type=int, help="allocation search budget in calibration forward passes "
+                   "(default 400; also --opt search_budget=..., search_samples, search_seed, search_max_shift)")
     p.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, a .txt/.jsonl file or "
                    "hf:DATASET[:CONFIG][?data_files=...&revision=...]); read locally if present, else from the Hub")
     p.add_argument("--calib-split", default=None, help="default: train for c4, validation otherwise")
@@ -108,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--config", help="sweep file (.yaml/.toml) with the same settings; flags given override it")
     w.add_argument("--store", help="SQLite results store (created if missing); rerunning continues it")
     w.add_argument("--models", help=f"comma list (default {DEFAULT_MODEL})")
-    w.add_argument("--methods", help="comma list; a method may carry steps: wanda+dsnot, magnitude+refit")
+    w.add_argument("--methods", help="comma list; a method may carry steps: wanda+dsnot, magnitude+refit, "
+                   "and an allocation: wanda+owl, sparsegpt+search")
+    w.add_argument("--plugin", action="append", metavar="PATH", help="load a PruningAlgorithm plug-in (.py file, "
+                   "FILE.py:Class or module:Class) so --methods can name it; repeatable")
     w.add_argument("--levels", help="comma list of unstructured sparsities (default 0.01,0.05,0.1,0.2,...,0.9,0.95,0.99)")
     w.add_argument("--patterns", help="comma list of 'unstructured' and N:M (default unstructured)")
     w.add_argument("--opt", action="append", metavar="METHOD.KEY=VALUE", help="method option, e.g. sparsegpt.blocksize=64")
@@ -240,7 +250,9 @@ def _prune(args) -> int:
                          bias_correction=args.bias_correction, structure=args.structure,
                          allocation=args.allocation, calib_batch_size=args.calib_batch_size,
                          compute_dtype=args.compute_dtype, offload=args.offload, offload_share=args.offload_share,
-                         max_activation_memory=args.max_activation_memory)
+                         max_activation_memory=args.max_activation_memory,
+                         allocation_options={k: v for k, v in (("owl_m", args.owl_m), ("owl_lambda", args.owl_lambda),
+                                                               ("search_budget", args.search_budget)) if v is not None})
     result = prune(config, out=args.out, force=args.force, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                    eval_windows=args.eval_windows, progress=not args.quiet)
     rec = result.record
@@ -331,6 +343,25 @@ def _sweep_settings(args) -> dict:
     return data
 
 
+def _load_plugins(paths) -> None:
+    """Register each plug-in (.py file, FILE.py:Class or module:Class) under its ``name``."""
+    from .algorithms import available, register
+    from .algorithms.base import _REGISTRY
+    from .gate.worker import load_plugin
+
+    available()  # built-ins and entry points first
+    for path in paths or []:
+        before = dict(_REGISTRY)
+        cls = load_plugin(path)  # a plug-in may @register itself while loading
+        name = getattr(cls, "name", None)
+        if not name:
+            raise ValueError(f"plug-in {path}: its class needs a `name` to be used by name")
+        if name in before and before[name] is not cls:
+            _REGISTRY[name] = before[name]
+            raise ValueError(f"plug-in {path} is named {name!r}, like an algorithm already registered; rename it")
+        register(cls)
+
+
 def _sweep(args) -> int:
     import contextlib
 
@@ -339,6 +370,7 @@ def _sweep(args) -> int:
     from .bench.sweep import sweep_config_from_dict
     from .config import devices_checked_where_runs_execute
 
+    _load_plugins(args.plugin)
     data = _sweep_settings(args)
     store_path = data.pop("store", None)
     if not store_path:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from .algorithms import get_algorithm
 from .engine.activations import parse_size
+from .engine.allocation import OPTION_KEYS as ALLOCATION_OPTION_KEYS
+from .engine.allocation import Allocation
 from .engine.sequential import EngineOptions, PostSteps
 from .models.loading import DEFAULT_MODEL, DTYPES
 from .patterns import Pattern
@@ -64,7 +66,10 @@ class PruneConfig:
     diagnostics: bool | None = None  # per-layer reconstruction error; None: whenever calibration runs anyway
     bias_correction: bool | None = None  # None: the method's default (MAMA: on)
     structure: str | None = None  # channels | heads | channels,heads | blocks: remove whole units (structured.py)
-    allocation: str | None = None  # structured: uniform (default) or adaptive (FLAP's per-block widths)
+    # Unstructured: per-layer sparsity uniform (None) | owl | search (engine/allocation.py), options owl_m,
+    # owl_lambda, search_budget, ...; structured: uniform (None) or adaptive (FLAP's per-block widths).
+    allocation: str | None = None
+    allocation_options: dict = field(default_factory=dict)
     # How the engine computes (engine/sequential.py EngineOptions); offload and memory never change a result.
     calib_batch_size: int | None = None  # calibration sequences per block forward (None: ~4k tokens CPU, 16k CUDA)
     compute_dtype: str | None = None  # dtype of block forwards (None: the model's); statistics stay fp32
@@ -73,7 +78,16 @@ class PruneConfig:
     max_activation_memory: int | str | None = None  # host memory for activations before they spill to disk
 
     def __post_init__(self):
+        method_options, allocation_options = split_allocation_options(self.method_options)
+        if allocation_options:  # --opt owl_lambda=0.1 lands here; it belongs to the allocation
+            object.__setattr__(self, "method_options", method_options)
+            object.__setattr__(self, "allocation_options", {**self.allocation_options, **allocation_options})
+        if self.allocation == "uniform":
+            object.__setattr__(self, "allocation", None)  # one spelling of the default (run keys)
         if self.structure is not None:
+            if self.allocation_options:
+                raise ValueError(f"allocation options {sorted(self.allocation_options)} are for unstructured "
+                                 "--allocation owl|search")
             self.structured_spec()  # raises on bad structure / method / sparsity / options
             if self.pattern != "unstructured" or self.scope is not None or self.refine is not None:
                 raise ValueError("--pattern, --scope and --refine are for unstructured pruning; with --structure the "
@@ -86,6 +100,7 @@ class PruneConfig:
             post = self.post_steps()  # raises on unknown refinement
             if pattern.scope == "global" and post.needs(algorithm):
                 raise ValueError("global scope works with data-free scores only; drop --refine/--refit/--diagnostics")
+            self.allocation_obj().check(pattern)  # raises on unknown allocation / options, or N:M and global
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
         if self.offload not in OFFLOAD_MODES:
@@ -140,14 +155,22 @@ class PruneConfig:
         except TypeError as exc:
             raise ValueError(f"bad options for structured {self.method}: {exc}; it accepts round_to, dampening") from None
 
+    def allocation_obj(self) -> Allocation:
+        return Allocation(self.allocation or "uniform", **self.allocation_options)
+
     @property
     def needs_calibration(self) -> bool:
+        from .stats import needs_calibration
+
         if self.structure is not None:
             return self.structured_spec().needs_calibration
-        return bool(self.post_steps().needs(self.algorithm())) and not self.pattern_obj().is_noop
+        return (needs_calibration(self.post_steps().needs(self.algorithm())) or self.allocation is not None) \
+            and not self.pattern_obj().is_noop
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if not d["allocation_options"]:
+            del d["allocation_options"]  # the default: records and run keys stay as before
         if self.structure is not None:
             d["structured_resolved"] = self.structured_spec().to_dict()
         else:
@@ -160,3 +183,9 @@ class PruneConfig:
         if isinstance(d.get("calibration"), dict):
             d["calibration"] = CalibrationConfig(**d["calibration"])
         return cls(**d)
+
+
+def split_allocation_options(options: dict) -> tuple[dict, dict]:
+    """Method options and allocation options (owl_m, owl_lambda, search_*) from one ``--opt`` dict."""
+    allocation = {k: v for k, v in options.items() if k in ALLOCATION_OPTION_KEYS}
+    return {k: v for k, v in options.items() if k not in allocation}, allocation

@@ -1,14 +1,17 @@
 """The contract every pruning algorithm follows, and the registry that finds them by name.
 
 An algorithm is pure tensor math on one layer: it receives the dense weight (out × in, fp32), the statistics
-of that layer's calibration inputs it asked for (``needs``), and a Pattern; it returns the new weight with
-exact zeros where it pruned. Third-party algorithms register with ``@register`` or through the
+it asked for (``needs``: registered kinds, see stats.py, e.g. input norms, XᵀX, gradients, the layer's bias),
+and a Pattern; it returns the new weight with exact zeros where it pruned. ``post_steps`` names registered
+steps (steps.py) it wants by default, e.g. MAMA's bias correction. Third-party algorithms register with ``@register`` or through the
 ``prunelab.algorithms`` entry-point group, and are then usable everywhere by name.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
+import sys
 from typing import ClassVar
 
 import torch
@@ -19,12 +22,17 @@ from ..patterns import Pattern, select_pruned
 _REGISTRY: dict[str, type["PruningAlgorithm"]] = {}
 
 
+class NotApplicable(ValueError):
+    """The method cannot run on this model or pattern (e.g. the bias indicator on a model without biases).
+    The message is the reason; sweeps record the run as failed with it, reports show NA and the reason."""
+
+
 class PruningAlgorithm:
     name: ClassVar[str]
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of engine.stats.STAT_KINDS
+    needs: ClassVar[frozenset[str]] = frozenset()  # registered statistic kinds (prunelab.stats.known_stats())
     default_scope: ClassVar[str] = "layer"
     scopes: ClassVar[tuple[str, ...]] = ("layer", "row")
-    corrects_bias: ClassVar[bool] = False  # engine adds (Ŵ − W)·E[x] to the layer bias by default
+    post_steps: ClassVar[tuple[str, ...]] = ()  # registered post-steps run by default (prunelab.steps)
 
     def scores(self, weight: torch.Tensor, stats: LayerStats | None) -> torch.Tensor:
         """Importance of each weight (higher = keep). Score-based methods define only this."""
@@ -71,3 +79,17 @@ def get_algorithm(name: str, **options) -> PruningAlgorithm:
     except TypeError as exc:
         fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         raise ValueError(f"bad options for {name}: {exc}; it accepts: {', '.join(fields) or 'none'}") from None
+
+
+def algorithm_source(algorithm: PruningAlgorithm) -> dict | None:
+    """For an algorithm defined outside prunelab (a plug-in): its class and the sha256 of its source file, so a
+    changed plug-in makes a different run; None for built-ins (prunelab's own version identifies those)."""
+    cls = type(algorithm)
+    if cls.__module__ == "prunelab" or cls.__module__.startswith("prunelab."):
+        return None
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    digest = None
+    if path:
+        with open(path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+    return {"class": cls.__qualname__, "file": path, "sha256": digest}

@@ -32,6 +32,7 @@ import torch
 
 from ..stats import LayerStats
 from ..patterns import Pattern, select_pruned
+from ..steps import LayerSolve, PostStep, register_step
 from .base import PruningAlgorithm, register
 
 
@@ -142,3 +143,14 @@ class DSnoT(PruningAlgorithm):
         wanda = w.abs() * stats.column_sq_norm().sqrt().to(w)[None, :]
         sparse = w.masked_fill(select_pruned(wanda, pattern), 0.0)
         return dsnot_refine(w, sparse, stats, pattern, self.max_cycles, self.threshold, self.var_power)
+
+
+def _refine_step(solve: LayerSolve, guarded: bool) -> None:
+    hessian = solve.stats.require_hessian() if guarded else None
+    solve.weight = dsnot_refine(solve.dense, solve.weight, solve.stats, solve.pattern, hessian=hessian)
+
+
+register_step(PostStep("dsnot", "refine", frozenset({"sq_norm", "mean"}), lambda s: _refine_step(s, False),
+                       "revise any method's mask with DSnoT (no weight updates)"))
+register_step(PostStep("dsnot-h", "refine", frozenset({"sq_norm", "mean", "hessian"}), lambda s: _refine_step(s, True),
+                       "DSnoT moves kept only when they lower the row's true reconstruction error (XᵀX)"))

@@ -11,7 +11,7 @@ so w_ij x_j is replaced by its best one-input stand-in. All moves use the origin
 the lowest k. No solve: per layer one correlation matrix and, per pruned weight, a search down the ``candidates``
 most correlated inputs of j (an exact fallback scans all of them when none of those is kept in the row).
 Dead inputs (H_jj = 0) have zero correlations and move nothing. Where the layer has a bias, the engine adds
-the mean of the signal still removed, (Ŵ − W)·E[x], to it (``corrects_bias``).
+the mean of the signal still removed, (Ŵ − W)·E[x], to it (its default post-step ``bias-correction``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .base import PruningAlgorithm, register
 class MAMA(PruningAlgorithm):
     name = "mama"
     needs = frozenset({"hessian"})
-    corrects_bias = True  # the engine moves the mean of the removed signal into the bias
+    post_steps = ("bias-correction",)  # the engine moves the mean of the removed signal into the bias
     candidates: int = 64
     row_chunk: int = 256
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..steps import LayerSolve, PostStep, register_step
+
 
 def refit_on_support(w_dense: torch.Tensor, hessian: torch.Tensor, keep_mask: torch.Tensor, iters: int = 100,
                      tol: float = 1e-6, w0: torch.Tensor | None = None, dampening: float = 1e-6) -> torch.Tensor:
@@ -54,3 +56,11 @@ def refit_on_support(w_dense: torch.Tensor, hessian: torch.Tensor, keep_mask: to
         p[~active] = 0.0
         rz = rz_new
     return (x * keep).to(w_dense.dtype)
+
+
+def _refit_step(solve: LayerSolve) -> None:
+    solve.weight = refit_on_support(solve.dense, solve.stats.require_hessian(), solve.weight != 0, w0=solve.weight)
+
+
+register_step(PostStep("refit", "refit", frozenset({"hessian"}), _refit_step,
+                       "least-squares weights on the final support (PCG)"))

@@ -89,13 +89,14 @@ def execute(task: RunTask) -> RunOutcome:
     """Run one task in this process. Raises RunFailed when the run itself fails (a result to record);
     KeyboardInterrupt and system errors propagate."""
     from ..record import host_description, package_versions
-    from .sweep import Evaluator, _peak_rss_bytes, _reset_peak_rss, _restore
+    from .sweep import Evaluator, _loadavg, _peak_rss_bytes, _reset_peak_rss, _restore
 
     if task.threads:
         torch.set_num_threads(task.threads)
     for module in task.imports:  # a plug-in algorithm registers itself when its module is imported
         importlib.import_module(module)
     started = time.perf_counter()
+    load_start = _loadavg()
     _reset_peak_rss()
     versions = package_versions()
     try:
@@ -115,7 +116,8 @@ def execute(task: RunTask) -> RunOutcome:
         raise RunFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                         {"versions": versions, "host": host_description()}) from None
     outcome.record.update({"wall_seconds": time.perf_counter() - started, "peak_rss_bytes": _peak_rss_bytes(),
-                           "versions": versions, "host": host_description()})
+                           "versions": versions, "host": host_description(),
+                           "loadavg": {"start": load_start, "end": _loadavg()}})
     return outcome
 
 
@@ -143,7 +145,7 @@ def _prune(model, tokenizer, evaluator, task: RunTask) -> RunOutcome:
             _CALIBRATION[cfg.calibration] = calibration_data(tokenizer, cfg.calibration)
         calibration, calib_identity = _CALIBRATION[cfg.calibration]
     engine: dict = {}
-    recovered = None
+    recovered = allocation = None
     started = time.perf_counter()
     if task.recovery is not None:  # prune (one-shot or iteratively) and fine-tune; prune_seconds: both
         from . import recovery
@@ -151,8 +153,10 @@ def _prune(model, tokenizer, evaluator, task: RunTask) -> RunOutcome:
                                          cache=_RECOVERY, work=Path(task.work_dir) if task.work_dir else None,
                                          run_identity=task.identity, progress=task.progress)
     else:
+        allocation = cfg.allocation_obj() if cfg.allocation is not None else None
         layers = prune_model(model, algorithm, cfg.pattern_obj(), calibration, device=cfg.device,
-                             progress=task.progress, post=cfg.post_steps(), options=cfg.engine_options(), info=engine)
+                             progress=task.progress, post=cfg.post_steps(), options=cfg.engine_options(), info=engine,
+                             allocation=allocation)
     prune_seconds = time.perf_counter() - started
     started = time.perf_counter()
     metrics, problem = evaluator(model, task.progress, device=cfg.device)
@@ -163,7 +167,7 @@ def _prune(model, tokenizer, evaluator, task: RunTask) -> RunOutcome:
         metrics["mean_reconstruction_error"] = sum(errors) / len(errors)
     record = {"prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "config": cfg.to_dict(),
               "algorithm_options": algorithm.options(), "calibration": calib_identity, "engine": engine,
-              **(recovered or {})}
+              **(recovered or {}), **({"allocation": allocation.info} if allocation is not None else {})}
     if task.save_dir:
         from ..export import save_pruned
 

@@ -3,7 +3,9 @@
 Tables follow the seeds: perplexity per level × method (seed 000, Tables I–III; NA where a run failed, the
 reason in a note), running time per algorithm (seed 002, Table 7), an end-to-end table (seed 002, Table 8),
 size per level, zero-shot accuracy and generated text per level (seed 000, Table V) when the sweep measured
-them. Every number is read from a stored run; nothing is recomputed here.
+them, and a leaderboard of algorithms at 50/60/70% and 2:4 with their author (human | generated) and the
+plug-ins that failed the check-algorithm gate (seed 002, Tables 4, 7, 8). Every number is read from a stored
+run; nothing is recomputed here.
 """
 from __future__ import annotations
 
@@ -78,9 +80,18 @@ def _method_order(rows: list[dict]) -> list[str]:
     return seen
 
 
+LEADERBOARD_LEVELS = ("0.50", "0.60", "0.70", "2:4")
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
 class Report:
-    def __init__(self, rows: list[dict], title: str = "prunelab sweep report", commands: list[str] = ()):
+    def __init__(self, rows: list[dict], title: str = "prunelab sweep report", commands: list[str] = (),
+                 algorithms: list[dict] = ()):
         self.title = title
+        self.algorithms = {a["name"]: a for a in algorithms}  # check-algorithm verdicts (leaderboard store)
         self.commands = list(dict.fromkeys(commands))  # the sweep invocations that filled the store
         self.rows = [r for r in rows if r["status"] in ("done", "failed")]
         self.pending = [r for r in rows if r["status"] not in ("done", "failed")]
@@ -338,8 +349,107 @@ class Report:
                              "iterative runs start after their first pruning step. Sparsity after fine-tuning equals "
                              "the sparsity shown, to the weight.")
 
+    # ---- leaderboard (seed 002, Tables 4, 7, 8) ----------------------------------------------------------------
+    def _author(self, method: str) -> str:
+        base = method.split("+")[0]
+        if base in self.algorithms:
+            return self.algorithms[base]["author"]
+        try:
+            from ..algorithms import get_algorithm
+            from ..algorithms.base import algorithm_source
+            return "human" if algorithm_source(get_algorithm(base)) is None else "?"
+        except ValueError:
+            return "?"
+
+    def _mean_acc(self, r) -> float | None:
+        accs = [t["acc"] for t in ((r.get("metrics") or {}).get("tasks") or {}).values() if "acc" in t]
+        return 100 * sum(accs) / len(accs) if accs and r["status"] == "done" else None
+
+    def leaderboard_tables(self) -> list[Table]:
+        """Every algorithm ranked by WikiText-2 perplexity at 50/60/70% and 2:4, with prune time, peak memory,
+        zero-shot mean accuracy, author (human | generated); then the best per author, and gate failures."""
+        tables = []
+        for model in self.models:
+            cells = self._by(model)
+            levels = [lv for lv in LEADERBOARD_LEVELS if any(k[0] == lv for k in cells)]
+            if not levels:
+                continue
+            corpus = "wikitext2" if "wikitext2" in self._corpora(model) else (self._corpora(model) or [None])[0]
+            methods = [m for m in self.methods if any((lv, m) in cells for lv in levels)]
+
+            def mean_of(values):
+                values = [v for v in values if v is not None]
+                return sum(values) / len(values) if values else None
+
+            # over calibration seeds when several ran: the mean
+            ppl = {(lv, m): mean_of([self._finite_ppl(r, corpus) for r in cells.get((lv, m), [])])
+                   for lv in levels for m in methods}
+            rank = {}
+            for lv in levels:
+                order = sorted((v, m) for (level, m), v in ppl.items() if level == lv and v is not None)
+                rank.update({(lv, m): i + 1 for i, (_, m) in enumerate(order)})
+
+            def sort_key(m):
+                measured = [ppl[(lv, m)] for lv in levels if ppl[(lv, m)] is not None]
+                return (-len(measured), _geomean(measured) if measured else math.inf)
+
+            tasks = bool(self._task_names())
+            header = ["#", "algorithm", "author", *[f"ppl {lv}" for lv in levels],
+                      *([f"acc {lv}" for lv in levels] if tasks else []), "mean prune s", "peak RSS MiB"]
+            body = []
+            for i, m in enumerate(sorted(methods, key=sort_key), 1):
+                done = [r for lv in levels for r in cells.get((lv, m), []) if r["status"] == "done"]
+                line = [Cell(str(i)), Cell(m), Cell(self._author(m))]
+                for lv in levels:
+                    runs = cells.get((lv, m), [])
+                    if not runs:
+                        line.append(Cell("-"))
+                    elif ppl[(lv, m)] is None:
+                        reason = next((r.get("reason") for r in runs if r.get("reason")), "perplexity not finite")
+                        line.append(Cell("NA", note=f"{m} at {lv}: {reason}"))
+                    else:
+                        line.append(Cell(f"{_fmt(ppl[(lv, m)])} ({rank[(lv, m)]})", best=rank[(lv, m)] == 1))
+                if tasks:
+                    for lv in levels:
+                        acc = mean_of([self._mean_acc(r) for r in cells.get((lv, m), [])])
+                        line.append(Cell("-" if acc is None else f"{acc:.2f}"))
+                prune = [r["record"]["prune_seconds"] for r in done]
+                rss = [r["record"]["peak_rss_bytes"] / 2**20 for r in done]
+                line += [Cell(f"{sum(prune) / len(prune):.1f}" if prune else "-"),
+                         Cell(f"{max(rss):.0f}" if rss else "-")]
+                body.append(line)
+            limit = next((r["identity"]["eval"]["protocol"].get("task_limit") for r in self.rows
+                          if r["model"] == model and r.get("identity", {}).get("eval")), None)
+            tables.append(Table(
+                f"Leaderboard: {model}", header, body,
+                caption=f"Ranked by the geometric mean of {corpus} perplexity over the settings an algorithm has "
+                        f"(those with more measured settings first); (n) = rank at that level, bold = best. "
+                        f"{self._protocol(model, corpus) if corpus else ''} Prune seconds: mean over these runs; "
+                        f"peak RSS: the highest of their own high-water marks (seed 002, Table 7)."
+                        + (f" acc: mean zero-shot accuracy over {', '.join(self._task_names())} (seed 002, Table 8)"
+                           + (f", first {limit} items of each task" if limit else "") + "." if tasks else "")
+                        + " author: human = designed by people (published or defined here), generated = written by a "
+                        "code-generating model; plug-ins as tagged by check-algorithm --author."))
+            best = []
+            for lv in levels:
+                line = [Cell(lv)]
+                for author in ("human", "generated"):
+                    scored = [(ppl[(lv, m)], m) for m in methods if self._author(m) == author and ppl[(lv, m)] is not None]
+                    line.append(Cell(f"{min(scored)[1]}: {_fmt(min(scored)[0])}" if scored else "-"))
+                best.append(line)
+            tables.append(Table(f"Human vs generated: {model}", ["level", "best human", "best generated"], best))
+        failed = [a for a in self.algorithms.values() if a["gate"] == "failed"]
+        if failed:
+            tables.append(Table("Gate failures (check-algorithm)", ["algorithm", "author", "failed check: reason",
+                                                                    "checked"],
+                                [[Cell(a["name"]), Cell(a["author"]), Cell(a["reason"] or ""), Cell(a["checked"] or "")]
+                                 for a in failed],
+                                caption="Plug-ins that did not pass the gate; they are not benchmarked."))
+        return tables
+
     def tables(self) -> list[Table]:
-        tables = [*self.perplexity_tables(), self.runtime_table(), self.end_to_end_table(), self.size_table()]
+        tables = [*self.perplexity_tables(), *self.leaderboard_tables(), self.runtime_table(), self.end_to_end_table(),
+                  self.size_table()]
         z = self.zeroshot_table()
         recovery = self.recovery_table()
         return (tables + ([z] if z else []) + self.seed003_tables() + ([recovery] if recovery else [])
@@ -509,15 +619,16 @@ def write_report(store_path: str | Path, out: str | Path, *, methods: list[str] 
     try:
         rows = store.rows()
         commands = [" ".join(shlex.quote(a) for a in s["argv"]) for s in store.sweeps() if s.get("argv")]
+        algorithms = store.algorithms()
     finally:
         store.close()
     if models:
         rows = [r for r in rows if r["model"] in models]
     if methods:
         rows = [r for r in rows if r["method"] in methods or r["method"] == "dense"]
-    if not rows:
+    if not rows and not algorithms:
         raise ValueError(f"{store_path} holds no runs" + (" matching the filter" if methods or models else ""))
-    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})", commands)
+    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})", commands, algorithms)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = report.plots()

@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat REAL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS algorithms (
+    name      TEXT PRIMARY KEY,
+    author    TEXT NOT NULL,
+    source    TEXT,
+    sha256    TEXT,
+    gate      TEXT NOT NULL,
+    reason    TEXT,
+    result    TEXT,
+    checked   TEXT
+);
 """
 
 
@@ -222,6 +232,20 @@ class ResultsStore:
         with self._transaction():
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                              (f"sweep {_now()} pid {os.getpid()}", dumps({"argv": argv, "settings": settings})))
+
+    def note_algorithm(self, name: str, *, author: str, source: str | None, sha256: str | None, gate: str,
+                       reason: str | None, result: dict | None) -> None:
+        """The check-algorithm verdict of a plug-in (the leaderboard lists its author, and failures' reasons)."""
+        if author not in ("human", "generated") or gate not in ("passed", "failed"):
+            raise ValueError("author must be human|generated and gate passed|failed")
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO algorithms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (name, author, source, sha256, gate, reason, None if result is None else dumps(result),
+                              _now()))
+
+    def algorithms(self) -> list[dict]:
+        rows = self._db.execute("SELECT * FROM algorithms ORDER BY name").fetchall()
+        return [{**dict(r), "result": json.loads(r["result"]) if r["result"] else None} for r in rows]
 
     def sweeps(self) -> list[dict]:
         rows = self._db.execute("SELECT name, value FROM meta WHERE name LIKE 'sweep %' ORDER BY name").fetchall()

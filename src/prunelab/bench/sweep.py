@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..algorithms.base import algorithm_source
 from ..config import (EMBEDDED_CALIBRATION, PAPER_CALIBRATION, DEFAULT_EVAL_SEQLEN, CalibrationConfig, PruneConfig,
                       devices_checked_where_runs_execute)
 from ..models.loading import DEFAULT_MODEL
@@ -86,7 +87,7 @@ class SweepConfig:
         return (CalibrationConfig(samples=n, seqlen=seqlen),)
 
     def runs(self) -> list["RunSpec"]:
-        from ..api import parse_method_spec
+        from ..api import parse_run_spec
         from .recovery import split_recovery
 
         # level-major order, so an interrupted sweep already holds whole rows of the level x method table
@@ -97,11 +98,12 @@ class SweepConfig:
                     for level in (self.levels if pattern == "unstructured" else (None,)):
                         for method in self.methods:
                             base, recovery = split_recovery(method)
-                            name, post = parse_method_spec(base)
+                            name, post, allocation = parse_run_spec(base)
                             config = PruneConfig(method=name, model=model, sparsity=level, pattern=pattern,
                                                  method_options=self.method_options.get(name, {}),
                                                  calibration=calib, device=self.device, dtype=self.dtype,
-                                                 refine=post.refine, refit=post.refit)
+                                                 refine=post.refine, refit=post.refit,
+                                                 allocation=None if allocation == "uniform" else allocation)
                             specs.append(RunSpec(method, config, recovery))
         return specs
 
@@ -154,6 +156,14 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+
+
+def _loadavg() -> str | None:
+    """The machine's load (1, 5, 15 min) as /proc/loadavg gives it: timings on a busy machine are slower."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
 
 
 def _peak_rss_bytes() -> int:
@@ -336,6 +346,9 @@ def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_
             identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
                         "algorithm_options": cfg.algorithm().options(), "calibration": calib_identity,
                         "compute": compute_identity(cfg), "eval": evaluator.identity, "versions": key_versions}
+            source = algorithm_source(cfg.algorithm())
+            if source is not None:  # a plug-in: its code is part of what decides the result
+                identity["algorithm_source"] = {k: v for k, v in source.items() if k != "file"}
             if spec.recovery is not None:
                 from . import recovery
                 identity["recovery"] = recovery.identity(config.finetune, spec.recovery, tokenizer, recovery_cache)

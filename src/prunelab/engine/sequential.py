@@ -20,22 +20,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..algorithms.base import PruningAlgorithm
-from ..algorithms.dsnot import dsnot_refine
-from ..algorithms.refit import refit_on_support
 from ..models.adapters import BlockCall, ModelAdapter, _StopForward, to_dtype
 from ..patterns import Pattern
-from ..stats import LayerStats, StatsAccumulator
+from ..stats import LayerStats, StatsAccumulator, of_source, stat_kind
+from ..steps import STAGES, LayerSolve, PostStep, get_step, steps_of
 from .activations import ActivationBuffer, choose_place
-
-
-REFINERS = ("dsnot", "dsnot-h")  # dsnot-h: DSnoT moves kept only when they lower the true error (XᵀX)
 
 
 @dataclass(frozen=True)
 class PostSteps:
-    """What the engine does around the algorithm, for any method.
+    """What the engine does around the algorithm, for any method (the steps themselves are registered kinds,
+    see steps.py; the algorithm's own defaults are its ``post_steps``).
 
-    refine: "dsnot" revises the method's mask without changing kept values (needs column norms and means);
+    refine: a registered refine step ("dsnot": revise the method's mask without changing kept values;
+    "dsnot-h": the same moves kept only if they lower the true error);
     refit: least-squares weights on the final support by PCG (ALPS's last step; needs XᵀX);
     diagnostics: collect XᵀX so every layer's reconstruction error is recorded. None ("auto"): the error is
     recorded when XᵀX is collected anyway (SparseGPT, ALPS, MAMA, refit, dsnot-h); score methods (Wanda,
@@ -50,19 +48,31 @@ class PostSteps:
     bias_correction: bool | None = None
 
     def __post_init__(self):
-        if self.refine is not None and self.refine not in REFINERS:
-            raise ValueError(f"unknown refinement {self.refine!r}; available: {', '.join(REFINERS)}")
+        if self.refine is not None and self.refine not in steps_of("refine"):
+            raise ValueError(f"unknown refinement {self.refine!r}; available: {', '.join(steps_of('refine'))}")
+
+    def steps(self, algorithm) -> list[PostStep]:
+        """The steps to run after ``algorithm``, in stage order: its defaults, overridden by these settings."""
+        chosen = {}
+        for name in getattr(algorithm, "post_steps", ()):
+            step = get_step(name)
+            chosen[step.stage] = step
+        if self.refine:
+            chosen["refine"] = get_step(self.refine)
+        if self.refit:
+            chosen["refit"] = get_step("refit")
+        if self.bias_correction is True:
+            chosen["bias"] = get_step("bias-correction")
+        elif self.bias_correction is False:
+            chosen.pop("bias", None)
+        return [chosen[stage] for stage in STAGES if stage in chosen]
 
     def corrects_bias(self, algorithm) -> bool:
-        return getattr(algorithm, "corrects_bias", False) if self.bias_correction is None else self.bias_correction
+        return any(step.stage == "bias" for step in self.steps(algorithm))
 
     def needs(self, algorithm) -> frozenset[str]:
-        needs = set(algorithm.needs)
-        if self.refine:
-            needs |= {"sq_norm", "mean"} | ({"hessian"} if self.refine == "dsnot-h" else set())
-        if self.corrects_bias(algorithm):
-            needs.add("mean")
-        if self.refit or self.diagnostics:
+        needs = set(algorithm.needs).union(*(step.needs for step in self.steps(algorithm)))
+        if self.diagnostics:
             needs.add("hessian")
         return frozenset(needs)
 
@@ -102,32 +112,53 @@ def accepts_prior(algorithm) -> bool:
     return "prior" in inspect.signature(algorithm.prune).parameters
 
 
-def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, pattern, post: PostSteps, name: str = "?",
-                 prior: torch.Tensor | None = None):
-    """The algorithm plus post-steps on one dense weight: (pruned weight, error before refit or None, seconds).
+def solve(dense: torch.Tensor, algorithm, stats: LayerStats | None, pattern, post: PostSteps, name: str = "?",
+          prior: torch.Tensor | None = None, has_bias: bool = False) -> LayerSolve:
+    """The algorithm plus post-steps on one dense weight. ``notes`` holds "seconds" and, when a refit ran,
+    "error_before_refit"; ``bias_delta`` what to add to the layer's bias.
 
     ``prior`` (bool, True = already pruned): those weights stay zero. Methods that accept it choose them first
     (so the count is exact when the target is at least the prior's); for any other method they are zeroed after
-    it ran, which can only add zeros."""
+    it and its refinement ran (before a refit), which can only add zeros."""
     start = time.perf_counter()
     if prior is not None and accepts_prior(algorithm):
-        pruned = algorithm.prune(dense, stats, pattern, prior=prior)
+        current = LayerSolve(dense, algorithm.prune(dense, stats, pattern, prior=prior), stats, pattern, has_bias)
     else:
-        pruned = algorithm.prune(dense, stats, pattern)
-    if post.refine in REFINERS:
-        pruned = dsnot_refine(dense, pruned, stats, pattern,
-                              hessian=stats.require_hessian() if post.refine == "dsnot-h" else None)
+        current = LayerSolve(dense, algorithm.prune(dense, stats, pattern), stats, pattern, has_bias)
+    steps = post.steps(algorithm)
+    for step in [s for s in steps if s.stage == "refine"]:
+        step.run(current)
     if prior is not None:
-        pruned = pruned.masked_fill(prior, 0.0)
-    before_refit = None
-    if post.refit:
-        before_refit = relative_reconstruction_error(dense, pruned, stats.hessian)
-        pruned = refit_on_support(dense, stats.hessian, pruned != 0, w0=pruned)
-    seconds = time.perf_counter() - start
-    if pruned.shape != dense.shape or not torch.isfinite(pruned).all():
-        raise RuntimeError(f"{algorithm.name} returned a bad weight for {name} (shape {tuple(pruned.shape)}, "
-                           f"finite={bool(torch.isfinite(pruned).all())})")
-    return pruned, before_refit, seconds
+        current.weight = current.weight.masked_fill(prior, 0.0)
+    for step in [s for s in steps if s.stage != "refine"]:
+        if step.stage == "refit" and stats is not None and stats.hessian is not None:
+            current.notes["error_before_refit"] = relative_reconstruction_error(dense, current.weight, stats.hessian)
+        step.run(current)
+    current.notes["seconds"] = time.perf_counter() - start
+    pruned = current.weight
+    if not isinstance(pruned, torch.Tensor) or pruned.shape != dense.shape or not torch.isfinite(pruned).all():
+        raise InvalidWeight(algorithm.name, name, tuple(dense.shape), pruned)
+    return current
+
+
+class InvalidWeight(RuntimeError):
+    """An algorithm (or step) returned a weight of the wrong shape or with non-finite values."""
+
+    def __init__(self, method: str, layer: str, expected_shape: tuple, got):
+        self.layer = layer
+        self.shape = tuple(got.shape) if isinstance(got, torch.Tensor) else None
+        self.shape_ok = self.shape == expected_shape
+        self.finite = bool(torch.isfinite(got).all()) if self.shape_ok else None
+        what = (f"not a tensor ({type(got).__name__})" if self.shape is None else
+                f"shape {self.shape}, expected {expected_shape}" if not self.shape_ok else "non-finite values")
+        super().__init__(f"{method} returned a bad weight for {layer}: {what}")
+
+
+def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, pattern, post: PostSteps, name: str = "?",
+                 prior: torch.Tensor | None = None):
+    """``solve`` as (pruned weight, error before refit or None, seconds)."""
+    result = solve(dense, algorithm, stats, pattern, post, name, prior)
+    return result.weight, result.notes.get("error_before_refit"), result.notes["seconds"]
 
 
 def _as_is(adapter: ModelAdapter, name: str, layer, seconds: float = 0.0) -> LayerReport:
@@ -141,18 +172,18 @@ def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, patt
                  prior: torch.Tensor | None = None) -> LayerReport:
     dense = adapter.get_weight(layer).float()
     prior = None if prior is None else prior.to(dense.device)
-    pruned, before_refit, seconds = solve_weight(dense, algorithm, stats, pattern, post, name, prior)
+    bias = getattr(layer, "bias", None)
+    result = solve(dense, algorithm, stats, pattern, post, name, prior, has_bias=bias is not None)
+    pruned = result.weight
     error = None
     if stats is not None and stats.hessian is not None:
         error = relative_reconstruction_error(dense, pruned, stats.hessian)
-    bias = getattr(layer, "bias", None)
-    if bias is not None and post.corrects_bias(algorithm) and stats is not None and stats.mean_sum is not None:
-        # Keep the layer's mean output: E[Ŵx + b] = E[Wx + b'] ⇒ b' = b + (Ŵ − W)·E[x].
-        bias.data.add_(((dense - pruned) @ stats.column_mean().to(dense)).to(bias.dtype))
+    if bias is not None and result.bias_delta is not None:
+        bias.data.add_(result.bias_delta.to(bias.dtype))
     adapter.set_weight(layer, pruned)
     zero = adapter.get_weight(layer) == 0
-    return LayerReport(name, tuple(dense.shape), float(zero.float().mean()), seconds, error, before_refit,
-                       int(zero.sum()))
+    return LayerReport(name, tuple(dense.shape), float(zero.float().mean()), result.notes["seconds"], error,
+                       result.notes.get("error_before_refit"), int(zero.sum()))
 
 
 def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: Pattern,
@@ -430,11 +461,12 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
 def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibration: torch.Tensor | None = None,
                 device: str | torch.device = "cpu", progress: bool = True,
                 post: PostSteps | None = None, prior_masks: dict[str, torch.Tensor] | None = None, *, source=None,
-                options: EngineOptions | None = None, info: dict | None = None) -> list[LayerReport]:
+                options: EngineOptions | None = None, info: dict | None = None, allocation=None) -> list[LayerReport]:
     """Prune every prunable layer of ``model`` in place; returns one report per layer in model order.
 
     ``calibration`` is a LongTensor (n, seqlen) of token ids, required when the algorithm or ``post`` needs
-    input statistics. ``source``: a block source/sink (default: the model's own blocks; models/streaming.py has
+    statistics from calibration data (inputs or gradients). ``allocation`` (engine/allocation.py) gives each
+    layer its own sparsity; None: every layer gets ``pattern``. ``source``: a block source/sink (default: the model's own blocks; models/streaming.py has
     one that reads blocks from disk and writes them out). ``options``: batching, compute dtype, activation memory.
     ``info``, if given, receives how the engine ran (see calibrated_blocks). ``prior_masks`` (layer name -> bool
     (out, in), True = already pruned; see train/masks.py) are kept pruned, so a step of iterative pruning only
@@ -449,29 +481,54 @@ def prune_model(model, algorithm: PruningAlgorithm, pattern: Pattern, calibratio
     if pattern.is_noop and not source.streaming:
         return [_as_is(adapter, n, l) for n, l in adapter.named_prunable_layers()]
     if pattern.scope == "global":
-        if needs or "global" not in algorithm.scopes:
-            raise ValueError(f"global scope needs data-free scores and no calibrated post-steps; "
+        if needs or "global" not in algorithm.scopes or allocation is not None:
+            raise ValueError(f"global scope needs data-free scores, no calibrated post-steps and no allocation; "
                              f"{algorithm.name} with these options does not support it")
         if source.streaming:
             raise ValueError("global scope needs every layer's scores at once, so the whole model in memory; "
                              "use --scope layer or run without --offload disk")
         return _prune_global(adapter, algorithm, pattern, priors)
     if pattern.is_noop:
-        needs = frozenset()
-    if needs and (calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1):
+        needs, allocation = frozenset(), None
+    input_needs, gradient_needs = of_source(needs, "inputs"), of_source(needs, "gradients")
+    if (input_needs or gradient_needs or allocation is not None) and (
+            calibration is None or calibration.ndim != 2 or calibration.shape[0] < 1):
         raise ValueError(f"{algorithm.name} needs calibration token ids of shape (n, seqlen)")
+    if (gradient_needs or allocation is not None) and source.streaming:
+        raise ValueError("gradient statistics and --allocation owl|search run the whole model (backward pass, "
+                         "dense pre-pass), so it must be in memory; run without --offload disk")
+    layer_patterns = allocation.patterns(adapter, pattern, calibration, device, progress) if allocation else {}
+    from .gradients import clear_cache, collect_gradients
+    gradients = collect_gradients(adapter, calibration, gradient_needs, device, progress) if gradient_needs else {}
+    if not gradient_needs:
+        clear_cache()  # a sweep's previous run's gradient sums: not this run's memory
+
+    def layer_stats(full_name, layer, stats: LayerStats | None) -> LayerStats | None:
+        """Input statistics plus the kinds read from the layer and the gradient sums."""
+        if not (needs - input_needs):
+            return stats
+        stats = stats if stats is not None else LayerStats(0)
+        for kind in of_source(needs, "layer"):
+            stats.extra[kind] = stat_kind(kind).read(layer)
+        if full_name in gradients:
+            stats.grad_samples = gradients[full_name]["samples"]
+            stats.extra.update({k: v for k, v in gradients[full_name].items() if k != "samples"})
+        return stats
 
     reports: list[LayerReport] = []
     bar = tqdm(total=len(source), desc=f"{algorithm.name} {pattern.describe()}", unit="block", disable=not progress)
-    blocks = calibrated_blocks(adapter, calibration if needs else None, needs, device, source, options, info)
+    blocks = calibrated_blocks(adapter, calibration if input_needs else None, input_needs, device, source, options,
+                               info)
     for i, block, layers, stats in blocks:
         for name, layer in layers.items():
             full_name = f"{adapter.family.blocks}.{i}.{name}"
             if pattern.is_noop:
                 reports.append(_as_is(adapter, full_name, layer))
             else:
-                reports.append(_solve_layer(adapter, full_name, layer, algorithm, stats and stats[name], pattern,
-                                            post, priors.get(full_name)))
+                reports.append(_solve_layer(adapter, full_name, layer, algorithm,
+                                            layer_stats(full_name, layer, stats and stats[name]),
+                                            layer_patterns.get(full_name, pattern), post, priors.get(full_name)))
+            gradients.pop(full_name, None)
         bar.update()
     bar.close()
     return reports

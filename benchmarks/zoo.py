@@ -1,0 +1,228 @@
+"""Benchmark: every candidate of seed 002's Table 4 plus the bias indicator (Table 3), layer-wise allocation
+(OWL and search vs uniform), and the leaderboard of all algorithms, on the embedded model.
+
+Protocol of benchmarks/core_methods.py: calibration 64 x 512 tokens of C4 (seed 0); WikiText-2 test perplexity at
+seqlen 512 over the first 128 windows; zero-shot mean accuracy over the 9 tasks on the first ``--limit`` items of
+each (a limit keeps it affordable on 2 CPUs; the full-dataset agreement with lm-eval is in zeroshot_vs_lmeval*).
+Every run goes through ``prunelab sweep`` into one results store, so rerunning the same command after an
+interruption continues where it stopped (finished runs are kept; a failing run is stored with its reason).
+
+    python benchmarks/zoo.py                          # all parts, then the results and the report
+    python benchmarks/zoo.py --parts table4           # a subset (table4, allocation, builtins, plugins)
+    python benchmarks/zoo.py --render-only            # rewrite results/zoo.{md,json} and the report from the store
+
+Writes benchmarks/results/zoo.md, zoo.json and benchmarks/results/zoo_report/ (report.md/.html with the leaderboard).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+PROTOCOL = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seeds", "0",
+            "--eval", "wikitext2", "--eval-seqlen", "512", "--eval-windows", "128"]
+SETTINGS = ("0.50", "0.60", "0.70", "2:4")
+
+# Seed 002, Table 4 (and Table 3's bias indicator): idea -> (prunelab method spec, note)
+TABLE4 = [
+    ("01", "Gradient Sensitive Pruning", "taylor", "first-order Taylor |w·E[∂L/∂w]|, dense-model gradients"),
+    ("02", "L1 Norm Pruning", "structured:magnitude", "structured: output units ranked by the L1 norm of their "
+                                                      "weights (--structure channels,heads --method magnitude)"),
+    ("03", "Structured Pruning", "structured:flap", "structured: FLAP's fluctuation criterion, whole channels and "
+                                                    "heads removed (--structure channels,heads --method flap)"),
+    ("04", "K-means Clustering Pruning", "kmeans", "1-D k-means per layer (16 clusters), clusters nearest zero first"),
+    ("05", "Random Pruning", "random", "uniformly random mask"),
+    ("06", "Random Pattern Pruning", "random-nm", "random N:M mask: the 2:4 run of `random` (50%); no N:M pattern "
+                                                  "with M dividing 576 and 1536 prunes exactly 60% or 70%"),
+    ("07", "Variational Dropout Pruning", "vardrop", "per-weight log α learned on each layer's reconstruction "
+                                                     "loss (50 Adam steps), highest α pruned"),
+    ("08", "Gradient based Pruning", "gradient", "GBLM-Pruner: |w|·‖X_j‖ + 100·|w|·‖∂L/∂w‖ over sequences"),
+    ("09", "Elastic Weight Consolidation Pruning", "fisher", "diagonal Fisher E[(∂L/∂w)²]·w²"),
+    ("10", "Dynamic Pruning with Reinforcement Learning", "wanda+search",
+     "evolutionary search of per-block sparsity, reward = −calibration loss (budget 400 forward passes), "
+     "Wanda masks"),
+    ("T3", "Bias as pruning indicator", "bias", "output units ranked by |bias|"),
+]
+PARTS = {
+    "table4": {"methods": "magnitude,wanda,sparsegpt,random,fisher,gradient,taylor,kmeans,vardrop,bias",
+               "levels": "0.5,0.6,0.7", "patterns": "unstructured,2:4"},
+    "allocation": {"methods": "wanda+owl,sparsegpt+owl,wanda+search,sparsegpt+search", "levels": "0.7",
+                   "patterns": "unstructured"},
+    "search": {"methods": "wanda+search", "levels": "0.5,0.6", "patterns": "unstructured"},
+    "builtins": {"methods": "mama,dsnot,neg-magnitude,alps", "levels": "0.5,0.6,0.7", "patterns": "unstructured,2:4"},
+}
+
+
+def sweep(store: Path, part: dict, limit: int) -> None:
+    cmd = [sys.executable, "-m", "prunelab.cli", "sweep", "--methods", part["methods"], "--levels", part["levels"],
+           "--patterns", part["patterns"], *PROTOCOL, "--tasks", "all", "--limit", str(limit), "--store", str(store),
+           "--quiet"]
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def bench_plugins(store: Path, limit: int) -> None:
+    """Generated plug-ins (benchmarks/plugins/generated/*.py) through the gate, passing ones benchmarked."""
+    for path in sorted((HERE / "plugins" / "generated").glob("*.py")):
+        cmd = [sys.executable, "-m", "prunelab.cli", "check-algorithm", str(path), "--author", "generated",
+               "--store", str(store), "--bench", "--tasks", "all", "--limit", str(limit)]
+        print("$", " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd)  # a rejected plug-in is a result, not an error
+
+
+def label(row: dict) -> str:
+    return f"{row['level']:.2f}" if row["pattern"] == "unstructured" else row["pattern"]
+
+
+def cell(row: dict | None) -> dict:
+    if row is None:
+        return {"status": "not run"}
+    out = {"status": row["status"], "reason": row.get("reason")}
+    if row["status"] == "done":
+        m, rec = row["metrics"], row["record"]
+        accs = [t["acc"] for t in (m.get("tasks") or {}).values() if "acc" in t]
+        out.update({"ppl": m["perplexity"]["wikitext2"]["ppl"], "prune_seconds": rec["prune_seconds"],
+                    "peak_rss_mib": rec["peak_rss_bytes"] / 2**20, "sparsity": m["size"]["sparsity"],
+                    "mean_acc": 100 * sum(accs) / len(accs) if accs else None, "loadavg": rec.get("loadavg"),
+                    "allocation": rec.get("allocation")})
+    return out
+
+
+def fmt(c: dict) -> str:
+    if c["status"] == "done":
+        ppl = c["ppl"] if isinstance(c["ppl"], float) else float(c["ppl"])
+        return f"{ppl:,.2f}" if math.isfinite(ppl) else str(ppl)
+    if c["status"] == "NA":
+        return f"NA ({c['reason']})"
+    return f"NA ({c.get('reason') or c['status']})"
+
+
+def render(store_path: Path) -> None:
+    from prunelab.bench.report import write_report
+    from prunelab.bench.store import ResultsStore
+    from prunelab.record import host_description, package_versions
+
+    store = ResultsStore(store_path)
+    rows = [r for r in store.rows() if r["status"] in ("done", "failed")]
+    algorithms = store.algorithms()
+    store.close()
+    by = {(r["method"], label(r)): r for r in rows}
+
+    table4 = []
+    for number, idea, spec, note in TABLE4:
+        cells = {}
+        for setting in SETTINGS:
+            if spec.startswith("structured:"):
+                c = {"status": "pending", "reason": "structured pruning (--structure, issue 15) has not landed on main"}
+            elif spec == "random-nm":
+                c = cell(by.get(("random", "2:4"))) if setting in ("0.50", "2:4") else {
+                    "status": "NA", "reason": "no N:M pattern with M dividing 576 and 1536 gives exactly "
+                                              f"{float(setting):.0%}"}
+            elif spec == "wanda+search" and setting == "2:4":
+                c = {"status": "NA", "reason": "an N:M pattern fixes every layer's sparsity; there is nothing to allocate"}
+            else:
+                c = cell(by.get((spec, setting)))
+            cells[setting] = c
+        table4.append({"number": number, "idea": idea, "method": spec, "note": note, "cells": cells})
+
+    def ppl(method, setting):
+        c = cell(by.get((method, setting)))
+        return c.get("ppl") if c["status"] == "done" else None
+
+    comparisons = {
+        "owl_vs_uniform_70": {m: {"uniform": ppl(m, "0.70"), "owl": ppl(f"{m}+owl", "0.70")} for m in ("wanda", "sparsegpt")},
+        "search_vs_owl_70": {m: {"owl": ppl(f"{m}+owl", "0.70"), "search": ppl(f"{m}+search", "0.70"),
+                                 "search_record": (cell(by.get((f"{m}+search", "0.70"))).get("allocation") or {}).get("search")}
+                             for m in ("wanda", "sparsegpt")},
+        "gradient_criteria_vs_wanda": {m: {s: ppl(m, s) for s in ("0.50", "0.70")} for m in ("wanda", "taylor", "fisher", "gradient")},
+    }
+    for entry in comparisons["search_vs_owl_70"].values():
+        if entry["search_record"]:
+            entry["search_record"] = {k: v for k, v in entry["search_record"].items() if k != "trace"}
+    meta = {"protocol": {"calibration": "c4 train shard-0 sample, 64 x 512, seed 0",
+                         "eval": "wikitext2 test, seqlen 512, first 128 windows",
+                         "zero_shot": f"mean acc over 9 tasks, first {_limit(rows)} items of each"},
+            "store": str(store_path), "versions": package_versions(), "host": host_description(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "zoo.json").write_text(json.dumps({"meta": meta, "table4": table4, "comparisons": comparisons,
+                                                  "gate": [{k: a[k] for k in ("name", "author", "gate", "reason")}
+                                                           for a in algorithms]}, indent=1, default=str) + "\n")
+    lines = ["# Seed 002 Table 4 candidates, allocation, leaderboard: smollm2-135m", "",
+             f"Calibration: {meta['protocol']['calibration']}. Evaluation: {meta['protocol']['eval']}; "
+             f"zero-shot: {meta['protocol']['zero_shot']}. Host: {meta['host']['cpu_count']} CPUs (shared with other "
+             f"jobs: see each run's load average in zoo.json), torch {meta['versions']['torch']}, {meta['date']}. "
+             f"Dense: {_dense(rows)}.", "",
+             "## Table 4 (and Table 3's bias indicator): WikiText-2 perplexity", "",
+             "| # | idea | prunelab | 50% | 60% | 70% | 2:4 | mean prune s | peak RSS MiB | mean acc 50/60/70/2:4 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in table4:
+        cs = entry["cells"]
+        done = [c for c in cs.values() if c["status"] == "done"]
+        prune = f"{sum(c['prune_seconds'] for c in done) / len(done):.1f}" if done else "-"
+        rss = f"{max(c['peak_rss_mib'] for c in done):.0f}" if done else "-"
+        accs = "/".join(f"{c['mean_acc']:.1f}" if c.get("mean_acc") is not None else "-" for c in cs.values())
+        lines.append(f"| {entry['number']} | {entry['idea']} | `{entry['method']}`: {entry['note']} | "
+                     + " | ".join(fmt(c) for c in cs.values()) + f" | {prune} | {rss} | {accs} |")
+    lines += ["", "## Allocation at 70%", "", "| method | uniform | OWL | search | search: proxy loss uniform / OWL / "
+              "best, forward passes |", "|---|---|---|---|---|"]
+    for m in ("wanda", "sparsegpt"):
+        o, s = comparisons["owl_vs_uniform_70"][m], comparisons["search_vs_owl_70"][m]
+        rec = s["search_record"] or {}
+        proxy = (f"{rec.get('proxy_loss_uniform', float('nan')):.4f} / {rec.get('proxy_loss_owl', float('nan')):.4f} / "
+                 f"{rec.get('proxy_loss_best', float('nan')):.4f}, {rec.get('forward_passes')} of "
+                 f"{rec.get('budget_forward_passes')}" if rec else "-")
+        lines.append(f"| {m} | {_p(o['uniform'])} | {_p(o['owl'])} | {_p(s['search'])} | {proxy} |")
+    lines += ["", "## Gradient criteria vs Wanda", "", "| method | 50% | 70% |", "|---|---|---|"]
+    for m, v in comparisons["gradient_criteria_vs_wanda"].items():
+        lines.append(f"| {m} | {_p(v['0.50'])} | {_p(v['0.70'])} |")
+    if algorithms:
+        lines += ["", "## Plug-ins through the gate", "", "| plug-in | author | gate | reason |", "|---|---|---|---|"]
+        lines += [f"| {a['name']} | {a['author']} | {a['gate']} | {a['reason'] or ''} |" for a in algorithms]
+    lines += ["", "The leaderboard (all algorithms ranked, prune time, peak memory, zero-shot accuracy, human vs "
+              "generated, gate failures) is in [zoo_report/report.md](zoo_report/report.md).", "",
+              "Reproduce: `python benchmarks/zoo.py` (resumable; `--render-only` rewrites these files from the store).", ""]
+    (RESULTS / "zoo.md").write_text("\n".join(lines))
+    write_report(store_path, RESULTS / "zoo_report", title="prunelab leaderboard: seed 002 candidates and built-ins")
+    print("\n".join(lines))
+
+
+def _p(v) -> str:
+    return "-" if v is None else f"{float(v):,.2f}"
+
+
+def _dense(rows) -> str:
+    dense = next((r for r in rows if r["method"] == "dense" and r["status"] == "done"), None)
+    return f"{dense['metrics']['perplexity']['wikitext2']['ppl']:.2f}" if dense else "-"
+
+
+def _limit(rows):
+    return next((r["identity"]["eval"]["protocol"].get("task_limit") for r in rows if r.get("identity")), None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", default="runs/zoo.db")
+    parser.add_argument("--parts", default="table4,allocation,search,builtins,plugins")
+    parser.add_argument("--limit", type=int, default=40, help="zero-shot items per task")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    store = Path(args.store)
+    if not args.render_only:
+        for part in args.parts.split(","):
+            if part == "plugins":
+                bench_plugins(store, args.limit)
+            else:
+                sweep(store, PARTS[part], args.limit)
+    render(store)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+from prunelab.algorithms import PruningAlgorithm
+
+
+class Broken(PruningAlgorithm)
+    name = "broken-syntax"
