@@ -10,6 +10,7 @@ interruption continues where it stopped (finished runs are kept; a failing run i
     python benchmarks/zoo.py                          # all parts, then the results and the report
     python benchmarks/zoo.py --parts table4           # a subset (table4, allocation, builtins, plugins)
     python benchmarks/zoo.py --render-only            # rewrite results/zoo.{md,json} and the report from the store
+    python benchmarks/zoo.py --lock /tmp/prunelab-heavy.lock   # each sweep under a shared lock (busy machines)
 
 Writes benchmarks/results/zoo.md, zoo.json and benchmarks/results/zoo_report/ (report.md/.html with the leaderboard).
 """
@@ -59,21 +60,23 @@ PARTS = {
 }
 
 
-def sweep(store: Path, part: dict, limit: int) -> None:
-    cmd = [sys.executable, "-m", "prunelab.cli", "sweep", "--methods", part["methods"], "--levels", part["levels"],
-           "--patterns", part["patterns"], *PROTOCOL, "--tasks", "all", "--limit", str(limit), "--store", str(store),
-           "--quiet"]
-    print("$", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+def sweep(store: Path, part: dict, limit: int, lock: list[str]) -> None:
+    """One sweep per method (each under the shared heavy lock, so other jobs can run in between)."""
+    for method in part["methods"].split(","):
+        cmd = [sys.executable, "-m", "prunelab.cli", "sweep", "--methods", method, "--levels", part["levels"],
+               "--patterns", part["patterns"], *PROTOCOL, "--tasks", "all", "--limit", str(limit),
+               "--store", str(store), "--quiet"]
+        print("$", " ".join(cmd[2:]), flush=True)
+        subprocess.run([*lock, *cmd], check=True)
 
 
-def bench_plugins(store: Path, limit: int) -> None:
+def bench_plugins(store: Path, limit: int, lock: list[str]) -> None:
     """Generated plug-ins (benchmarks/plugins/generated/*.py) through the gate, passing ones benchmarked."""
     for path in sorted((HERE / "plugins" / "generated").glob("*.py")):
         cmd = [sys.executable, "-m", "prunelab.cli", "check-algorithm", str(path), "--author", "generated",
                "--store", str(store), "--bench", "--tasks", "all", "--limit", str(limit)]
         print("$", " ".join(cmd[2:]), flush=True)
-        subprocess.run(cmd)  # a rejected plug-in is a result, not an error
+        subprocess.run([*lock, *cmd])  # a rejected plug-in is a result, not an error
 
 
 def label(row: dict) -> str:
@@ -212,14 +215,16 @@ def main() -> int:
     parser.add_argument("--parts", default="table4,allocation,search,builtins,plugins")
     parser.add_argument("--limit", type=int, default=40, help="zero-shot items per task")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--lock", help="run each sweep under `flock LOCK` (e.g. /tmp/prunelab-heavy.lock)")
     args = parser.parse_args()
     store = Path(args.store)
+    lock = ["flock", args.lock] if args.lock else []
     if not args.render_only:
         for part in args.parts.split(","):
             if part == "plugins":
-                bench_plugins(store, args.limit)
+                bench_plugins(store, args.limit, lock)
             else:
-                sweep(store, PARTS[part], args.limit)
+                sweep(store, PARTS[part], args.limit, lock)
     render(store)
     return 0
 
