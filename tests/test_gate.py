@@ -1,8 +1,6 @@
 """The check-algorithm gate: deliberately broken plug-ins are each rejected for the right reason, valid ones
 pass, and nothing a plug-in does can crash or hang the gate."""
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,15 +73,15 @@ def test_valid_plugins_pass_every_check(verdicts):
     assert activation["passed"], format_table(activation)
 
 
-def test_cli_exit_code_json_and_store(tmp_path):
+def test_cli_exit_code_json_and_store(tmp_path, capsys):
+    from prunelab.cli import main
+
     store = tmp_path / "lb.db"
     for plugin, code in (("good_magnitude.py", 0), ("broken_nan.py", 1)):
         out = tmp_path / f"{plugin}.json"
-        proc = subprocess.run([sys.executable, "-m", "prunelab.cli", "check-algorithm", str(PLUGINS / plugin),
-                               "--json", str(out), "--store", str(store), "--author", "generated",
-                               "--families", "llama"], capture_output=True, text=True)
-        assert proc.returncode == code, proc.stdout + proc.stderr
-        assert "weights finite" in proc.stdout and json.loads(out.read_text())["passed"] == (code == 0)
+        assert main(["check-algorithm", str(PLUGINS / plugin), "--json", str(out), "--store", str(store),
+                     "--author", "generated", "--families", "llama"]) == code
+        assert "weights finite" in capsys.readouterr().out and json.loads(out.read_text())["passed"] == (code == 0)
     rows = {r["name"]: r for r in ResultsStore(store).algorithms()}
     assert rows["plugin-magnitude"]["gate"] == "passed" and rows["plugin-magnitude"]["author"] == "generated"
     assert rows["broken-nan"]["gate"] == "failed" and rows["broken-nan"]["reason"].startswith("weights finite: llama/0.5")

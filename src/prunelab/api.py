@@ -130,6 +130,9 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         layer_dicts = [r.to_dict() for r in layers]
         errors = [r.reconstruction_error for r in layers if r.reconstruction_error is not None]
     prune_seconds = time.perf_counter() - start
+    if allocation is not None and allocation.info.get("block_sparsity"):
+        spread = allocation.info["block_sparsity"]
+        _log(progress, f"allocation {allocation.kind}: block sparsities {min(spread):.4f} .. {max(spread):.4f}")
     summary = streamed_summary(blocks, layers) if blocks else sparsity_summary(model)
     if errors:
         summary["mean_reconstruction_error"] = sum(errors) / len(errors)

@@ -20,7 +20,11 @@ import torch  # noqa: F401  (imported once in the forkserver, shared by every wo
 import transformers  # noqa: F401
 
 import prunelab.engine  # noqa: F401
-import prunelab.models.tiny  # noqa: F401
+from prunelab.models.tiny import CONFIGS
+
+# Import every family's model class here too (seconds of lazy imports), so that each forked worker starts warm.
+for _make in CONFIGS.values():
+    transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING[type(_make())]
 
 SEED = 0
 CALIBRATION = (4, 16)  # tiny calibration: sequences x tokens of random ids
