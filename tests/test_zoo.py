@@ -7,7 +7,7 @@ import torch
 
 from prunelab.algorithms import NotApplicable, PruningAlgorithm, get_algorithm, register
 from prunelab.algorithms.kmeans import kmeans_1d
-from prunelab.algorithms.vardrop import expected_reconstruction, kl_approx, learn_log_alpha
+from prunelab.algorithms.vardrop import best_log_alpha, kl_approx, kl_slope, learn_log_alpha, objective
 from prunelab.engine import PostSteps, prune_model
 from prunelab.models import ModelAdapter
 from prunelab.patterns import Pattern
@@ -131,61 +131,64 @@ def test_kmeans_n_m_keeps_exact_groups():
 
 # ---- variational dropout -----------------------------------------------------------------------------------
 
-def test_vardrop_expected_loss_equals_monte_carlo():
+def test_vardrop_objective_is_the_exact_expectation_of_the_noisy_reconstruction():
     x = correlated_inputs(tokens=256, features=12).double()
     h = x.T @ x
     g = torch.Generator().manual_seed(2)
     w_hat = torch.randn(5, 12, generator=g, dtype=torch.float64)
     theta = w_hat + 0.1 * torch.randn(5, 12, generator=g, dtype=torch.float64)
-    log_sigma2 = torch.full((5, 12), -3.0, dtype=torch.float64)
-    exact = float(expected_reconstruction(theta, log_sigma2, w_hat, h))
-    noisy = theta + log_sigma2.mul(0.5).exp() * torch.randn(4000, 5, 12, generator=g, dtype=torch.float64)
+    log_alpha = torch.full((5, 12), -2.0, dtype=torch.float64)
+    z = float(((w_hat @ h) * w_hat).sum())
+    exact = (float(objective(theta, log_alpha, w_hat, h, z, beta=0.0))) * z  # β = 0: the reconstruction term alone
+    noisy = theta * (1 + log_alpha.mul(0.5).exp() * torch.randn(4000, 5, 12, generator=g, dtype=torch.float64))
     samples = ((x @ (noisy - w_hat).transpose(1, 2)) ** 2).sum(dim=(1, 2))
     # Monte Carlo: within 4 standard errors of its own mean
     assert abs(float(samples.mean()) - exact) < 4 * float(samples.std()) / 4000 ** 0.5
-    # KL approximation: the paper's constants; decreasing in log α, → 0 as α → ∞
-    a = torch.linspace(-8, 8, 50, dtype=torch.float64)
-    assert (kl_approx(a).diff() < 0).all() and float(kl_approx(torch.tensor(40.0))) < 1e-6
+    # KL approximation: the paper's constants; decreasing in log α, → 0 as α → ∞; kl_slope is its derivative
+    a = torch.linspace(-8, 8, 50, dtype=torch.float64, requires_grad=True)
+    kl_approx(a).sum().backward()
+    torch.testing.assert_close(kl_slope(a.detach()), a.grad, rtol=1e-12, atol=1e-14)
+    assert (kl_approx(a.detach()).diff() < 0).all() and float(kl_approx(torch.tensor(40.0))) < 1e-6
     assert float(kl_approx(torch.tensor(0.0))) == pytest.approx(
         0.63576 - 0.63576 / (1 + 2.718281828459045 ** -1.87320) + 0.5 * 0.6931471805599453, rel=1e-6)
 
 
-def slow_vardrop(w, h, steps, lr, beta, log_alpha0):
-    """The same optimisation with plain autograd on the whole objective (fp64)."""
-    scale = w.pow(2).mean().sqrt()
-    target = w / scale
-    z = ((target @ h) * target).sum()
-    theta = target.clone().requires_grad_(True)
-    log_sigma2 = (log_alpha0 + torch.log(target ** 2 + 1e-16)).requires_grad_(True)
-    optimizer = torch.optim.Adam([theta, log_sigma2], lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        log_alpha = log_sigma2 - torch.log(theta ** 2 + 1e-16)
-        loss = expected_reconstruction(theta, log_sigma2, target, h) / z + beta * kl_approx(log_alpha).mean()
-        loss.backward()
-        optimizer.step()
-    return (log_sigma2 - torch.log(theta ** 2 + 1e-16)).detach()
+def test_vardrop_alpha_step_is_the_exact_per_weight_minimiser():
+    for k in (1e-3, 1e-7):
+        c = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-14, 1, 120, dtype=torch.float64)])
+        grid = torch.linspace(-20, 20, 400001, dtype=torch.float64)  # brute force, step 1e-4
+        reference = grid[(grid[None].exp() * c[:, None] + k * kl_approx(grid[None])).argmin(1)]
+        # within the brute-force grid's resolution plus the table's interpolation error (step 1e-3, smooth)
+        torch.testing.assert_close(best_log_alpha(c, k), reference, rtol=0, atol=2e-4)
 
 
-def test_vardrop_optimisation_equals_plain_autograd():
+def test_vardrop_theta_step_converges_to_the_ridge_solution_and_the_objective_falls():
     x = correlated_inputs(tokens=256, features=16).double()
+    h = x.T @ x
     w = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    got, _ = learn_log_alpha(w, x.T @ x, steps=25, lr=0.05, beta=0.5, log_alpha0=-6.0)
-    torch.testing.assert_close(got, slow_vardrop(w, x.T @ x, 25, 0.05, 0.5, -6.0), rtol=1e-9, atol=1e-9)
+    diag = torch.diagonal(h)
+    z = float(((w @ h) * w).sum())
+    k = 0.5 / w.numel()
+    alpha = best_log_alpha(w ** 2 * diag / z, k).exp()
+    theta = torch.stack([torch.linalg.solve(h + torch.diag(alpha[r] * diag), h @ w[r]) for r in range(8)])
+    expected = best_log_alpha(theta ** 2 * diag / z, k)
+    got, _ = learn_log_alpha(w, h, steps=1, inner=64, beta=0.5)  # PCG run to convergence: the exact θ-step
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    _, trace = learn_log_alpha(w, h, steps=8, inner=2, beta=0.5, trace=True)
+    assert len(trace) == 9 and all(b <= a * (1 + 1e-12) for a, b in zip(trace, trace[1:])) and trace[-1] < trace[0]
 
 
-def test_vardrop_optimisation_lowers_its_objective_and_prunes_exactly():
+def test_vardrop_prunes_the_highest_alpha_per_row_and_keeps_dense_values():
     x = correlated_inputs(tokens=512, features=32)
     stats = stats_for(x)
     w = torch.randn(16, 32)
-    log_alpha, losses = learn_log_alpha(w, stats.hessian, steps=40, lr=0.05, beta=1.0, log_alpha0=-8.0)
-    assert len(losses) == 41 and losses[-1] < 0.5 * losses[0]
-    again, _ = learn_log_alpha(w, stats.hessian, steps=40, lr=0.05, beta=1.0, log_alpha0=-8.0)
-    assert torch.equal(log_alpha, again)  # deterministic
-    out = get_algorithm("vardrop", steps=40).prune(w, stats, Pattern(0.5))
-    assert int((out == 0).sum()) == 256
-    assert torch.equal(out == 0, kept_by_row(log_alpha.neg().reshape(1, -1), 256).reshape(16, 32))
+    algorithm = get_algorithm("vardrop")
+    log_alpha, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, algorithm.beta)
+    out = algorithm.prune(w, stats, Pattern(0.5, scope=algorithm.default_scope))
+    assert algorithm.default_scope == "row"
+    assert torch.equal(out == 0, kept_by_row(-log_alpha, 16))
     assert torch.equal(out[out != 0], w[out != 0])
+    assert torch.equal(out, algorithm.prune(w, stats, Pattern(0.5, scope="row")))  # deterministic
 
 
 # ---- bias indicator and random N:M -------------------------------------------------------------------------
