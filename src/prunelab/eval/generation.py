@@ -20,6 +20,11 @@ PROMPTS = (
 DEFAULT_MAX_NEW_TOKENS = 48
 
 
+def kv_cache_argument(model) -> str:
+    """transformers >= 5.24 names the KV cache ``cache`` (in and out); older releases ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def greedy_continuation(model, input_ids: list[int], max_new_tokens: int, eos_token_id: int | None = None,
                         ) -> tuple[list[int], str]:
     """Argmax decoding with the model's KV cache; stops after ``max_new_tokens`` or at ``eos_token_id``.
@@ -27,8 +32,7 @@ def greedy_continuation(model, input_ids: list[int], max_new_tokens: int, eos_to
     device = model_device(model)
     ids = torch.tensor([input_ids], dtype=torch.long, device=device)
     new: list[int] = []
-    # transformers >= 5.24 names the KV cache `cache` (in and out); older releases `past_key_values`
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = kv_cache_argument(model)
     past = None
     with torch.no_grad():
         step_input = ids
