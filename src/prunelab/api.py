@@ -51,6 +51,66 @@ def sparsity_summary(model) -> dict:
             "total_params": params, "nonzero_params": nonzero}
 
 
+def _check_save_format(save_format: str, pattern) -> tuple[int, int] | None:
+    """(N, M) for the nm format; raises before any work when the format cannot hold the pattern."""
+    from .formats import SAVE_FORMATS
+
+    if save_format not in SAVE_FORMATS:
+        raise ValueError(f"save format {save_format!r} is not one of {SAVE_FORMATS}")
+    if save_format != "nm":
+        return None
+    if not pattern.is_nm:
+        raise ValueError("--save-format nm stores N:M sparsity; prune with --pattern N:M (e.g. 2:4), "
+                         "or use --save-format bitmask for unstructured sparsity")
+    return pattern.n, pattern.m
+
+
+def load(source: str | Path, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False):
+    """Load any model prunelab reads (embedded name, .gguf, HF or prunelab folder in any --save-format, hub
+    id) for inference; returns (model, tokenizer). The one loader for folders prunelab wrote."""
+    model, tokenizer, _ = load_model(str(source), dtype, trust_remote_code)
+    if device:
+        model.to(device)
+    return model, tokenizer
+
+
+def export_model(source: str | Path, out: str | Path, save_format: str = "dense", pattern: str | None = None,
+                 force: bool = False, dtype: str = "float32", progress: bool = True) -> Path:
+    """Rewrite a model (any source ``load`` reads) in ``save_format``; "dense" gives a plain HF folder.
+
+    ``pattern`` ("N:M") is needed for nm unless the source's prunelab.json recorded an N:M pattern. The
+    source's record is carried over with an "export" entry; a source without one gets a minimal record."""
+    from .formats import SAVE_FORMATS
+    from .patterns import Pattern
+
+    if save_format not in SAVE_FORMATS:
+        raise ValueError(f"format {save_format!r} is not one of {SAVE_FORMATS}")
+    check_output_dir(out, force)
+    prior = read_record(source) if Path(source).is_dir() else None
+    nm = None
+    if save_format == "nm":
+        if pattern:
+            parsed = Pattern.parse(None, pattern)
+        else:
+            recorded = ((prior or {}).get("config") or {}).get("pattern_resolved") or {}
+            if not recorded.get("m"):
+                raise ValueError(f"{source} records no N:M pattern; give --pattern N:M for --format nm")
+            parsed = Pattern(n=recorded["n"], m=recorded["m"], scope="row")
+        nm = (parsed.n, parsed.m)
+    started = time.perf_counter()
+    model, tokenizer, resolved = load_model(str(source), dtype)
+    record = dict(prior) if prior else {"prunelab_record": 1, "created": timestamp(),
+                                        "model_source": {"kind": resolved.kind, "location": resolved.location,
+                                                         **resolved.identity},
+                                        "summary": sparsity_summary(model)}
+    record["save_format"] = save_format
+    record["export"] = {"from": str(source), "format": save_format, "nm": list(nm) if nm else None,
+                        "dtype": dtype, "created": timestamp(), "versions": package_versions()}
+    path = save_pruned(model, tokenizer, out, record, force=force, save_format=save_format, nm=nm)
+    _log(progress, f"exported {source} as {save_format} to {path} in {time.perf_counter() - started:.1f}s")
+    return path
+
+
 def calibration_data(tokenizer, calib: CalibrationConfig, corpus: Corpus | None = None) -> tuple[torch.Tensor, dict]:
     """The calibration token ids and what the record says of them; ``corpus`` if already loaded."""
     corpus = corpus or load_corpus(calib.corpus, calib.split)
@@ -63,14 +123,17 @@ def calibration_data(tokenizer, calib: CalibrationConfig, corpus: Corpus | None 
 
 def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, force: bool = False,
           eval_data: str | None = None, eval_seqlen: int | None = None, eval_windows: int | None = None,
-          progress: bool = True, **config_fields) -> PruneResult:
+          progress: bool = True, save_format: str = "dense", **config_fields) -> PruneResult:
     """Load, calibrate, prune and (with ``out``) save a model; optionally evaluate its perplexity.
 
     ``prune(method="wanda", sparsity=0.5)`` builds the PruneConfig from keyword arguments. Every input (output
     folder, calibration and evaluation corpora) is checked, and downloaded if needed, before the model is loaded;
     the pruned model is saved before it is evaluated, so an evaluation failure never loses a finished prune.
+    ``save_format``: "dense" (an ordinary HF folder), "bitmask" or "nm" (needs an N:M pattern); see
+    prunelab/formats.py.
     """
     config = config or PruneConfig(**config_fields)
+    nm = _check_save_format(save_format, config.pattern_obj())
     if out is not None:
         check_output_dir(out, force)
     structured = config.structure is not None
@@ -90,6 +153,9 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         if out is None:
             raise ValueError("a streamed run (offload disk) writes each pruned block to the output as it goes; "
                              "give --out (out=...)")
+        if save_format != "dense":
+            raise ValueError(f"a streamed run (offload disk) writes dense shards; save it dense, then "
+                             f"prunelab export OUT --format {save_format} --out OUT2")
         model, tokenizer, source, blocks = open_streaming(config.model, config.dtype, config.trust_remote_code,
                                                           out=out, force=force, resolved=resolved)
     else:
@@ -175,7 +241,8 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
         result.out = blocks.finish(tokenizer, record)
         _log(progress, f"saved to {result.out}")
     elif out is not None:
-        result.out = save_pruned(model, tokenizer, out, record, force=force)
+        record["save_format"] = save_format
+        result.out = save_pruned(model, tokenizer, out, record, force=force, save_format=save_format, nm=nm)
         _log(progress, f"saved to {result.out}")
     if eval_corpus is not None:
         try:
@@ -199,6 +266,13 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
 def _streams(config: PruneConfig, resolved, progress: bool) -> bool:
     """Whether to stream the model block by block: asked for (offload disk), or "auto" and its weights exceed
     ``offload_share`` of the memory available now (said in one log line)."""
+    from .formats import is_compressed_folder
+
+    if resolved.kind == "folder" and is_compressed_folder(resolved.location):  # expanded in memory, not streamable
+        if config.offload == "disk":
+            raise ValueError(f"{resolved.location} is a compressed checkpoint (bitmask/nm), expanded in memory; "
+                             "to stream it, write it dense first: prunelab export DIR --format dense --out DIR2")
+        return False
     if config.offload != "auto":
         return config.offload == "disk"
     from .engine.activations import available_memory_bytes

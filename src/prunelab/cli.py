@@ -9,7 +9,7 @@ import sys
 from .models.loading import DEFAULT_MODEL
 
 # Subcommands defined in prunelab/commands/<name>.py (one module each, so adding one touches one line here).
-COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative", "check_algorithm", "speed")
+COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative", "check_algorithm", "speed", "export")
 
 
 def _method_options(pairs: list[str]) -> dict:
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--eval-windows", type=int, help="evaluate only the first K windows")
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
+    p.add_argument("--save-format", default="dense", choices=["dense", "bitmask", "nm"],
+                   help="dense: plain HF folder (zeros stored); bitmask: kept values + 1 bit per weight; "
+                        "nm: N:M packed (needs --pattern N:M). Compressed folders load with prunelab.load")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_prune)
@@ -254,7 +257,7 @@ def _prune(args) -> int:
                          allocation_options={k: v for k, v in (("owl_m", args.owl_m), ("owl_lambda", args.owl_lambda),
                                                                ("search_budget", args.search_budget)) if v is not None})
     result = prune(config, out=args.out, force=args.force, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
-                   eval_windows=args.eval_windows, progress=not args.quiet)
+                   eval_windows=args.eval_windows, progress=not args.quiet, save_format=args.save_format)
     rec = result.record
     summary = {"out": str(result.out), "sparsity": rec["summary"]["sparsity"], "prune_seconds": rec["prune_seconds"],
                "peak_rss_mb": rec["peak_rss_bytes"] / 2**20}

@@ -42,15 +42,30 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_pruned(model, tokenizer, out: str | Path, record: dict, force: bool = False) -> Path:
+def save_pruned(model, tokenizer, out: str | Path, record: dict, force: bool = False, save_format: str = "dense",
+                nm: tuple[int, int] | None = None) -> Path:
     """Write to a staging folder beside ``out`` and move it into place, so an interrupted save leaves no
-    half-written model under ``out``."""
+    half-written model under ``out``.
+
+    ``save_format``: "dense" (an ordinary HF folder, zeros stored), "bitmask" or "nm" (``nm`` = (N, M));
+    see prunelab/formats.py."""
+    from .formats import SAVE_FORMATS, write_compressed
+
+    if save_format not in SAVE_FORMATS:
+        raise ValueError(f"save format {save_format!r} is not one of {SAVE_FORMATS}")
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     strip_quantization_config(model)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        if save_format == "dense":
+            model.save_pretrained(staging, safe_serialization=True)
+        else:
+            model.config.architectures = [type(model).__name__]  # as save_pretrained records it
+            model.config.save_pretrained(staging)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(staging)
+            write_compressed(model, staging, save_format, *(nm or (None, None)))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         write_json(staging / RECORD_NAME, record)

