@@ -8,7 +8,7 @@ import torch
 import prunelab
 from prunelab.cli import main
 from prunelab.eval.speed import SPEED_KEYS, SpeedSettings, default_baseline, greedy_timed, inference_costs
-from prunelab.kernels import CSRLinear, apply_kernel
+from prunelab.kernels import CSRLinear, PhaseLinear, apply_kernel, choose_kernels
 from prunelab.models import ModelAdapter
 from tiny_models import FAMILY_NAMES, TEXT, random_ids, save_tiny_folder, tiny_model
 
@@ -80,6 +80,38 @@ def test_csr_kernel_gives_the_dense_logits(family):
     assert not list(ModelAdapter(model).named_prunable_layers())  # every dense Linear of the blocks swapped out
     # float32, different summation order only: relative differences of a few ulps per dot product
     torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("decode,prefill", [("csr", "dense"), ("dense", "csr")])
+def test_phase_linear_uses_the_kernel_chosen_for_each_phase_with_the_same_outputs(decode, prefill):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 16, generator=g).masked_fill(torch.rand(24, 16, generator=g) < 0.7, 0.0)
+    b = torch.randn(24, generator=g)
+    layer = PhaseLinear(w, b, decode, prefill, decode_rows=2)
+    assert layer.dense is not None and layer.csr is not None  # each phase needs its own copy
+    for rows in (1, 2, 9):  # 1-2 rows: decode steps of batch 2; 9 rows: a prefill
+        x = torch.randn(rows, 16, generator=g)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-6)
+    only_dense = PhaseLinear(w, b, "dense", "dense", 1)
+    assert only_dense.csr is None
+
+
+def test_auto_does_not_time_layers_below_half_sparsity_and_keeps_dense_outputs():
+    model = tiny_model("llama")
+    groups = {"mlp.up_proj": [ModelAdapter.get_weight(b.mlp.up_proj) for b in ModelAdapter(model).blocks]}
+    choice = choose_kernels(groups, batch=1, prompt_len=8)["mlp.up_proj"]
+    assert choice["decode"] == choice["prefill"] == "dense" and "decode_seconds" not in choice
+    adapter = ModelAdapter(model)
+    for _, layer in adapter.named_prunable_layers():
+        w = adapter.get_weight(layer)
+        adapter.set_weight(layer, torch.where(torch.rand_like(w) < 0.9, 0.0, w))
+    ids = random_ids(1, 8)
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        info = apply_kernel(model, "auto", SpeedSettings(prompt_len=8))
+        auto = model(input_ids=ids).logits
+    assert all("decode_seconds" in c and "prefill_seconds" in c for c in info["choices"].values())
+    torch.testing.assert_close(auto, dense, rtol=1e-4, atol=1e-5)
 
 
 def test_settings_are_checked_before_anything_runs():

@@ -74,8 +74,8 @@ class SpeedSettings:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available here; use --device cpu")
-        if self.device.startswith("cuda") and self.kernel == "csr":
-            raise ValueError("the csr kernel is a CPU path; use --kernel dense on CUDA")
+        if self.device.startswith("cuda") and self.kernel != "dense":
+            raise ValueError(f"the {self.kernel} kernel is a CPU path; use --kernel dense on CUDA")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
