@@ -153,3 +153,15 @@ def test_cli_speed_measures_model_and_its_recorded_source_each_in_its_own_proces
     assert result["ideal"]["dense_kernel_prefill_tokens_per_s"] == pytest.approx(1.0)
     printed = capsys.readouterr().out
     assert "prefill tokens/s" in printed and "ideal" in printed
+
+
+@pytest.mark.parametrize("origin,expected", [
+    ({"kind": "embedded", "name": "smollm2-135m", "location": "/x/y.gguf"}, "smollm2-135m"),
+    ({"kind": "hub", "hub_id": "owner/model", "location": "owner/model"}, "owner/model"),
+    ({"kind": "gguf", "location": "/models/m.gguf"}, "/models/m.gguf"),
+    ({"kind": "folder", "location": "/models/dense", "path": "/models/dense"}, "/models/dense"),
+])
+def test_default_baseline_is_the_recorded_source(tmp_path, origin, expected):
+    (tmp_path / "prunelab.json").write_text(json.dumps({"model_source": origin}))
+    assert default_baseline(str(tmp_path)) == expected
+    assert default_baseline(str(tmp_path / "missing")) is None

@@ -312,3 +312,24 @@ def test_report_shows_every_seed_and_save_dir_names_say_which_run(workdir, tmp_p
     assert all(f"0.50 (seed {s})" in md for s in (0, 1, 2))
     names = sorted(p.name for p in (tmp_path / "saved").iterdir())
     assert names == [f"model-wanda-unstructured-0.5-seed{s}" for s in (0, 1, 2)]
+def test_sweep_with_speed_stores_the_figures_and_the_report_shows_them(workdir, tmp_path):
+    from prunelab.eval.speed import SPEED_KEYS, SpeedSettings
+
+    speed = SpeedSettings(prompt_len=16, new_tokens=4, repeats=1, threads=1)
+    config = dataclasses_replace(sweep_config(workdir, methods=("magnitude",), levels=(0.5,), patterns=("unstructured",)),
+                                 speed=speed)
+    store = ResultsStore(tmp_path / "s.db")
+    assert run_sweep(config, store, log=lambda *_: None)["done"] == 2
+    rows = {r["method"]: r for r in store.rows("done")}
+    store.close()
+    for row in rows.values():
+        assert set(SPEED_KEYS) <= set(row["metrics"]["speed"]) and row["identity"]["speed"] == speed.to_dict()
+        assert row["metrics"]["speed"]["threads"] == 1
+    dense, pruned = rows["dense"]["metrics"]["speed"], rows["magnitude"]["metrics"]["speed"]
+    assert pruned["nonzero_params"] < dense["nonzero_params"] and pruned["params"] == dense["params"]
+    files = write_report(tmp_path / "s.db", tmp_path / "report")
+    md = files["markdown"].read_text()
+    assert "## Speed" in md and "decode vs dense (measured / ideal)" in md
+    ideal = dense["costs"]["decode_bytes_per_token"] / pruned["costs"]["decode_bytes_per_token"]
+    assert f"x / {ideal:.3f}x" in md
+    assert "quality_vs_speed" in md and "<svg" in files["html"].read_text()

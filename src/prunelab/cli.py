@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--save-dir", help="also save every pruned model under this folder")
     w.add_argument("--finetune", action="append", metavar="KEY=VALUE", help="fine-tuning setting for methods with "
                    "+ft, +lora or +iter[-SCHEDULE] (e.g. tokens=40000, lr=1e-4, lora=16, iter_steps=5)")
+    w.add_argument("--speed", action="store_true", default=None,
+                   help="also measure every model with prunelab speed (defaults, or the sweep file's speed: settings)")
     w.add_argument("--retry-failed", action="store_true", help="redo runs recorded as failed")
     w.add_argument("--device")
     w.add_argument("--executor", choices=["local", "ray"], default="local", help="local: runs one after the other "
@@ -337,6 +339,8 @@ def _sweep_settings(args) -> dict:
         data["eval"] = ev
     if args.finetune:
         data["finetune"] = {**(data.get("finetune") or {}), **_method_options(args.finetune)}
+    if args.speed:
+        data["speed"] = data.get("speed") or True
     for pair in args.opt or []:
         key, sep, value = pair.partition("=")
         method, dot, option = key.partition(".")

@@ -40,6 +40,7 @@ class RunTask:
     finetune: dict | None = None  # the sweep's fine-tuning settings
     identity: dict | None = None  # the run's identity (a fine-tuning checkpoint is tied to it)
     work_dir: str | None = None  # where a fine-tuning run keeps its checkpoints (resumable)
+    speed: dict | None = None  # SpeedSettings as a dict: also measure the model with prunelab speed
 
 
 @dataclass
@@ -127,7 +128,21 @@ def _dense(model, evaluator, task: RunTask) -> RunOutcome:
     started = time.perf_counter()
     metrics, problem = evaluator(model, task.progress, device=task.device)
     metrics["size"] = size_summary(model)
-    return RunOutcome(metrics, None, {"eval_seconds": time.perf_counter() - started, "prune_seconds": 0.0}, problem)
+    record = {"eval_seconds": time.perf_counter() - started, "prune_seconds": 0.0}
+    _speed(model, evaluator.tokenizer, task, metrics, record, None)
+    return RunOutcome(metrics, None, record, problem)
+
+
+def _speed(model, tokenizer, task: RunTask, metrics: dict, record: dict, saved_to: Path | None) -> None:
+    """prunelab speed's figures of the run's model, when the sweep asks for them (--speed)."""
+    if task.speed is None:
+        return
+    from ..eval.speed import SpeedSettings
+    from .sweep import measure_speed
+
+    started = time.perf_counter()
+    metrics["speed"] = measure_speed(model, tokenizer, SpeedSettings(**task.speed), save_to=saved_to)
+    record["speed_seconds"] = time.perf_counter() - started
 
 
 def _prune(model, tokenizer, evaluator, task: RunTask) -> RunOutcome:
@@ -175,6 +190,8 @@ def _prune(model, tokenizer, evaluator, task: RunTask) -> RunOutcome:
         save_pruned(model, tokenizer, out, {"prunelab_record": 1, **record, "metrics": metrics}, force=True)
         record["saved_to"] = str(out)
         metrics["size"]["saved_safetensors_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    if not problem:
+        _speed(model, tokenizer, task, metrics, record, Path(record["saved_to"]) if task.save_dir else None)
     return RunOutcome(metrics, [r.to_dict() for r in layers], record, problem)
 
 

@@ -207,21 +207,75 @@ class Report:
     def size_table(self) -> Table:
         body = []
         seen = set()
+        measured = any(self._speed(r) for r in self.rows)
         for r in sorted(self.rows, key=lambda r: _level_order(level_label(r))):
             lv = level_label(r)
             size = (r.get("metrics") or {}).get("size")
             if lv in seen or not size:
                 continue
             seen.add(lv)
-            body.append([Cell(lv), Cell(f"{size['sparsity']:.4f}"), Cell(f"{size['nonzero_params'] / 1e6:.2f}"),
-                         Cell(f"{size['dense_checkpoint_bytes'] / 2**20:.1f}"),
-                         Cell(f"{size['bitmask_checkpoint_bytes'] / 2**20:.1f}")])
-        return Table("Size per level", ["Pruned level", "sparsity of pruned layers", "non-zero params (M)",
-                                        "checkpoint MiB (dense, zeros stored)", "checkpoint MiB (bitmask + values)"],
+            line = [Cell(lv), Cell(f"{size['sparsity']:.4f}"), Cell(f"{size['nonzero_params'] / 1e6:.2f}"),
+                    Cell(f"{size['dense_checkpoint_bytes'] / 2**20:.1f}"),
+                    Cell(f"{size['bitmask_checkpoint_bytes'] / 2**20:.1f}")]
+            if measured:
+                disk = (self._speed(r) or {}).get("disk_bytes")
+                line.append(Cell(f"{disk / 2**20:.1f}" if disk else "-"))
+            body.append(line)
+        header = ["Pruned level", "sparsity of pruned layers", "non-zero params (M)",
+                  "checkpoint MiB (dense, zeros stored)", "checkpoint MiB (bitmask + values)"]
+        return Table("Size per level", header + (["weight files on disk MiB (dense, measured)"] if measured else []),
                      body, caption="From the first method's run at each level; a method with per-row targets rounds "
                                    "down row by row and can keep slightly more (each run's own count is in the "
-                                   "end-to-end table). Sizes are payload bytes computed from the tensors, not files "
-                                   "on disk.")
+                                   "end-to-end table). The two checkpoint columns are payload bytes computed from the "
+                                   "tensors; the measured column (sweeps with --speed) is the saved folder's weight "
+                                   "files. `prunelab prune --save-format bitmask|nm` writes the compressed files.")
+
+    # ---- speed (sweeps with --speed) ------------------------------------------------------------------------
+    @staticmethod
+    def _speed(r) -> dict | None:
+        return (r.get("metrics") or {}).get("speed") if r and r["status"] == "done" else None
+
+    def _dense_speed(self, model) -> dict | None:
+        return next((self._speed(r) for r in self.rows if r["model"] == model and r["method"] == "dense"
+                     and self._speed(r)), None)
+
+    def speed_ratios(self, r) -> dict | None:
+        """Measured and ideal speedups of run ``r`` over its model's dense row (None without speed figures)."""
+        speed, dense = self._speed(r), self._dense_speed(r["model"])
+        if not speed or not dense:
+            return None
+        return {"prefill": speed["prefill_tokens_per_s"] / dense["prefill_tokens_per_s"],
+                "decode": speed["decode_tokens_per_s"] / dense["decode_tokens_per_s"],
+                "ideal_prefill": dense["costs"]["prefill_flops"] / speed["costs"]["prefill_flops"],
+                "ideal_decode": dense["costs"]["decode_bytes_per_token"] / speed["costs"]["decode_bytes_per_token"]}
+
+    def speed_table(self) -> Table | None:
+        if not any(self._speed(r) for r in self.rows):
+            return None
+        corpora = {c for m in self.models for c in self._corpora(m)}
+        corpus = "wikitext2" if "wikitext2" in corpora else (sorted(corpora)[0] if corpora else None)
+        body = []
+        for r in sorted(self.rows, key=lambda r: (r["model"], self.methods.index(r["method"])
+                                                  if r["method"] in self.methods else -1,
+                                                  _level_order(level_label(r)))):
+            speed, ratios = self._speed(r), self.speed_ratios(r)
+            if not speed:
+                continue
+            body.append([Cell(r["method"]), Cell(level_label(r)), Cell(_fmt(self._ppl(r, corpus)) if corpus else "-"),
+                         Cell(f"{speed['prefill_tokens_per_s']:.1f}"), Cell(f"{speed['decode_tokens_per_s']:.2f}"),
+                         Cell(f"{speed['ttft_s']:.3f}"),
+                         Cell(f"{ratios['prefill']:.3f}x / {ratios['ideal_prefill']:.3f}x" if ratios else "-"),
+                         Cell(f"{ratios['decode']:.3f}x / {ratios['ideal_decode']:.3f}x" if ratios else "-"),
+                         Cell(f"{speed['peak_rss_bytes'] / 2**20:.0f}"), Cell(f"{speed['disk_bytes'] / 2**20:.1f}")])
+        settings = next(self._speed(r)["settings"] for r in self.rows if self._speed(r))
+        return Table("Speed", ["method", "level", f"{corpus} ppl" if corpus else "ppl", "prefill tok/s",
+                               "decode tok/s", "time to first token s", "prefill vs dense (measured / ideal)",
+                               "decode vs dense (measured / ideal)", "peak RSS MiB", "disk MiB"], body,
+                     caption=f"prunelab speed in a child process per model: batch {settings['batch']}, prompt "
+                             f"{settings['prompt_len']}, {settings['new_tokens']} new tokens, {settings['threads']} "
+                             f"threads, {settings['device']}, {settings['dtype']}, kernel {settings['kernel']}; median "
+                             f"of {settings['repeats']} repeats. Ideal: prefill FLOPs and decode bytes per token from "
+                             "the non-zero weights (what a kernel skipping every zero could reach).")
 
     def end_to_end_table(self) -> Table:
         corpora = {c for m in self.models for c in self._corpora(m)}
@@ -450,9 +504,10 @@ class Report:
     def tables(self) -> list[Table]:
         tables = [*self.perplexity_tables(), *self.leaderboard_tables(), self.runtime_table(), self.end_to_end_table(),
                   self.size_table()]
+        speed = self.speed_table()
         z = self.zeroshot_table()
         recovery = self.recovery_table()
-        return (tables + ([z] if z else []) + self.seed003_tables() + ([recovery] if recovery else [])
+        return (tables + ([speed] if speed else []) + ([z] if z else []) + self.seed003_tables() + ([recovery] if recovery else [])
                 + self.samples_tables())
 
     # ---- plots --------------------------------------------------------------------------------------------
@@ -494,6 +549,23 @@ class Report:
                 _log_ppl_axes(ax, "checkpoint MiB (bitmask + non-zero values)", corpus, f"Quality vs size: {model}")
                 out[f"quality_vs_size_{model}_{corpus}"] = _svg(fig)
                 plt.close(fig)
+
+                speed_rows = [r for r in self.rows if r["model"] == model and self.speed_ratios(r)
+                              and self._finite_ppl(r, corpus) is not None]
+                if speed_rows:
+                    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+                    for ax, phase in zip(axes, ("prefill", "decode")):
+                        for method in ["dense", *self.methods]:
+                            pts = [(self.speed_ratios(r)[phase], self._finite_ppl(r, corpus)) for r in speed_rows
+                                   if r["method"] == method]
+                            if pts:
+                                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*" if method == "dense"
+                                        else "o", markersize=12 if method == "dense" else 6, linestyle="",
+                                        label=method, color="black" if method == "dense" else None)
+                        _log_ppl_axes(ax, f"{phase} tokens/s relative to dense (measured)", corpus,
+                                      f"Quality vs {phase} speed: {model}")
+                    out[f"quality_vs_speed_{model}_{corpus}"] = _svg(fig)
+                    plt.close(fig)
         runtime = self.runtime_table()
         if runtime.rows:
             fig, ax = plt.subplots(figsize=(7, 3.6))

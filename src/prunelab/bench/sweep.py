@@ -67,6 +67,7 @@ class SweepConfig:
     dtype: str = "float32"
     save_dir: str | None = None
     finetune: dict = field(default_factory=dict)  # settings of +ft / +lora / +iter runs (bench/recovery.py)
+    speed: "SpeedSettings | None" = None  # measure every run with prunelab speed's settings (None: no speed)
 
     def __post_init__(self):
         if not self.methods:
@@ -75,6 +76,8 @@ class SweepConfig:
             raise ValueError("a sweep needs at least one model")
         if "unstructured" in self.patterns and not self.levels:
             raise ValueError("unstructured sweeps need at least one level")
+        if self.speed is not None and self.dtype != self.speed.dtype:
+            raise ValueError(f"speed is measured in the sweep's dtype ({self.dtype}); drop speed.dtype or match it")
         for run in self.runs():  # builds (and so validates) every run's PruneConfig before any work
             if run.recovery is not None:
                 from .recovery import identity as recovery_identity
@@ -199,6 +202,26 @@ def size_summary(model) -> dict:
     return summary
 
 
+def measure_speed(model, tokenizer, settings, save_to: Path | None = None) -> dict:
+    """``prunelab speed``'s measurement of an in-memory model: saved (dense) to ``save_to`` or a temporary
+    folder, then measured in a child process of its own, so its peak RSS and load are those of a real user."""
+    import tempfile
+
+    from ..eval.speed import SPEED_KEYS, measure_isolated
+    from ..export import save_pruned
+
+    def keep(result: dict) -> dict:
+        return {**{k: result[k] for k in SPEED_KEYS}, **{k: result.get(k) for k in
+                ("repeats", "costs", "threads", "rss_before_load_bytes", "peak_gpu_bytes", "generated_sha256")},
+                "kernel": result["kernel"]["summary"], "settings": settings.to_dict()}
+
+    if save_to is not None:
+        return keep(measure_isolated(str(save_to), settings))
+    with tempfile.TemporaryDirectory(prefix="prunelab-sweep-speed-") as tmp:
+        folder = save_pruned(model, tokenizer, Path(tmp) / "model", {"prunelab_record": 1}, force=True)
+        return keep(measure_isolated(str(folder), settings))
+
+
 class Evaluator:
     """Everything a sweep measures on a model, with the inputs prepared once."""
 
@@ -314,6 +337,7 @@ def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_
         spec.config.calibration for spec in all_runs if spec.config.needs_calibration)}
     eval_inputs = evaluation_inputs(config.evaluation, log=log)
     plan = []
+    speed = {"speed": config.speed.to_dict()} if config.speed is not None else {}  # part of every identity
     for model_name in config.models:
         model_config, tokenizer, source = load_config_and_tokenizer(model_name)
         model_identity = {"kind": source.kind, **{k: v for k, v in source.identity.items() if k != "path"}}
@@ -322,11 +346,12 @@ def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_
                                 dtype=config.dtype)
         dense_identity = {"model": model_identity, "dense": True, "dtype": config.dtype,
                           "compute": {"device": compute_identity(dense_cfg)["device"]},
-                          "eval": evaluator.identity, "versions": key_versions}
+                          "eval": evaluator.identity, "versions": key_versions, **speed}
         key = run_key(dense_identity)
         weights = run_key(model_identity)  # a worker reloads the model when this changes
         plan.append((RunTask(key, "dense", "dense", model_name, config.dtype, None, config.evaluation,
-                             device=dense_cfg.device, progress=progress, weights=weights),
+                             device=dense_cfg.device, progress=progress, weights=weights,
+                             speed=speed.get("speed")),
                      dict(model=model_name, method="dense", pattern="dense", level=0.0, identity=dense_identity)))
         calibrations: dict = {}
         recovery_cache: dict = {}  # training data, prepared once per setting
@@ -345,7 +370,8 @@ def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_
             prune_dict = {k: v for k, v in cfg.to_dict().items() if k not in PLACEMENT_KEYS}
             identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
                         "algorithm_options": cfg.algorithm().options(), "calibration": calib_identity,
-                        "compute": compute_identity(cfg), "eval": evaluator.identity, "versions": key_versions}
+                        "compute": compute_identity(cfg), "eval": evaluator.identity, "versions": key_versions,
+                        **speed}
             source = algorithm_source(cfg.algorithm())
             if source is not None:  # a plug-in: its code is part of what decides the result
                 identity["algorithm_source"] = {k: v for k, v in source.items() if k != "file"}
@@ -359,7 +385,7 @@ def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_
                                  imports=_plugin_modules(cfg), snapshot_all=snapshot_all, recovery=spec.recovery,
                                  finetune=config.finetune if spec.recovery else None, identity=identity,
                                  work_dir=str(Path(f"{store_path}.work") / key) if spec.recovery and store_path
-                                 else None),
+                                 else None, speed=speed.get("speed")),
                          dict(model=model_name, method=spec.method, pattern=spec.pattern_label, level=spec.level,
                               identity=identity)))
     return plan
@@ -483,7 +509,24 @@ def _as_tuple(value, cast=str) -> tuple:
 
 
 SWEEP_KEYS = {"methods", "levels", "patterns", "models", "calibration", "options", "eval", "device", "dtype",
-              "save_dir", "store", "finetune"}
+              "save_dir", "store", "finetune", "speed"}
+SPEED_KEYS_IN_FILE = {"batch", "prompt_len", "new_tokens", "repeats", "threads", "device", "kernel", "seed"}
+
+
+def speed_settings_from(value, dtype: str):
+    """``speed: true`` or ``speed: {batch, prompt_len, new_tokens, repeats, threads, device, kernel, seed}``."""
+    from ..eval.speed import SpeedSettings
+
+    if not value:
+        return None
+    if value is True:
+        return SpeedSettings(dtype=dtype)
+    if not isinstance(value, dict):
+        raise ValueError(f"speed must be true or a mapping of {sorted(SPEED_KEYS_IN_FILE)}, got {value!r}")
+    unknown = set(value) - SPEED_KEYS_IN_FILE
+    if unknown:
+        raise ValueError(f"unknown speed setting(s) {sorted(unknown)}; known: {sorted(SPEED_KEYS_IN_FILE)}")
+    return SpeedSettings(dtype=dtype, **value)
 
 
 def sweep_config_from_dict(data: dict) -> SweepConfig:
@@ -497,6 +540,7 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
         options: {sparsegpt: {blocksize: 64}}
         finetune: {tokens: 40000, lr: 1e-4, iter_steps: 5}   # for methods with +ft, +lora, +iter (bench/recovery.py)
         eval: {perplexity: [wikitext2], seqlen: 512, windows: 128, tasks: [], limit: null, generate: false}
+        speed: {prompt_len: 512, new_tokens: 128, repeats: 5, threads: 2}   # or true: prunelab speed's defaults
     """
     unknown = set(data) - SWEEP_KEYS
     if unknown:
@@ -529,7 +573,8 @@ def sweep_config_from_dict(data: dict) -> SweepConfig:
                        models=_as_tuple(data.get("models")) or (DEFAULT_MODEL,), calibrations=calibrations,
                        method_options=dict(data.get("options") or {}), evaluation=protocol,
                        device=data.get("device"), dtype=data.get("dtype", "float32"), save_dir=data.get("save_dir"),
-                       finetune=dict(data.get("finetune") or {}))
+                       finetune=dict(data.get("finetune") or {}),
+                       speed=speed_settings_from(data.get("speed"), data.get("dtype", "float32")))
 
 
 def _expand_tasks(value) -> tuple[str, ...]:
