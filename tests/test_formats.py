@@ -135,6 +135,9 @@ def test_cli_prune_compressed_export_dense_and_evaluate(tmp_path, capsys):
     assert main(["prune", "--model", str(src), "--method", "magnitude", "--sparsity", "0.5", "--save-format", "nm",
                  "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "--pattern N:M" in capsys.readouterr().err
+    assert main(["prune", "--model", str(src), "--method", "magnitude", "--structure", "channels", "--sparsity",
+                 "0.3", "--save-format", "nm", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "structured model is smaller and dense" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     nm_dir = tmp_path / "nm"
     assert main(["prune", "--model", str(src), "--method", "magnitude", "--pattern", "2:4", "--save-format", "nm",

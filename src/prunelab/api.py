@@ -59,6 +59,9 @@ def _check_save_format(save_format: str, pattern) -> tuple[int, int] | None:
         raise ValueError(f"save format {save_format!r} is not one of {SAVE_FORMATS}")
     if save_format != "nm":
         return None
+    if pattern is None:
+        raise ValueError("--save-format nm stores N:M sparsity; a structured model is smaller and dense: save it "
+                         "as dense (the default)")
     if not pattern.is_nm:
         raise ValueError("--save-format nm stores N:M sparsity; prune with --pattern N:M (e.g. 2:4), "
                          "or use --save-format bitmask for unstructured sparsity")
@@ -133,7 +136,7 @@ def prune(config: PruneConfig | None = None, *, out: str | Path | None = None, f
     prunelab/formats.py.
     """
     config = config or PruneConfig(**config_fields)
-    nm = _check_save_format(save_format, config.pattern_obj())
+    nm = _check_save_format(save_format, None if config.structure is not None else config.pattern_obj())
     if out is not None:
         check_output_dir(out, force)
     structured = config.structure is not None
