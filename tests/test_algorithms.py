@@ -155,3 +155,23 @@ def test_random_masks_differ_between_same_shape_layers_and_repeat():
     assert torch.equal(rnd.scores(a), rnd.scores(a.clone()))  # same weight, same seed: same mask
     assert not torch.equal(rnd.scores(a), rnd.scores(b))  # same shape, other weight: another mask
     assert not torch.equal(rnd.scores(a), get_algorithm("random", seed=1).scores(a))
+
+
+def test_sparsegpt_factor_is_the_upper_cholesky_of_the_damped_inverse():
+    """U from one Cholesky of the reversed matrix and a triangular inverse equals chol((H + λI)⁻¹, upper)."""
+    from prunelab.algorithms.sparsegpt import damped_inverse_cholesky
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 48, generator=g, dtype=torch.float64)
+    h = (x.T @ x).float()
+    h[5, :] = h[:, 5] = 0.0  # a dead input
+    u, dead = damped_inverse_cholesky(h, 0.01)
+    ref = h.double().clone()
+    ref[5, 5] = 1.0
+    ref.diagonal().add_(0.01 * torch.diagonal(ref).mean())
+    expected = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(ref)), upper=True)
+    assert dead.tolist() == [i == 5 for i in range(48)]
+    assert torch.equal(u, torch.triu(u))
+    # fp64 factorisations of a matrix with condition ~1e3 agree far below fp32 resolution
+    torch.testing.assert_close(u.double(), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(u.double().T @ u.double(), torch.linalg.inv(ref), rtol=1e-5, atol=1e-7)
