@@ -63,7 +63,7 @@ class PruneConfig:
     trust_remote_code: bool = False
     refine: str | None = None  # "dsnot": revise the method's mask (DSnoT) before saving
     refit: bool = False  # least-squares weights on the final support (PCG)
-    diagnostics: bool | None = None  # per-layer reconstruction error; None: whenever calibration runs anyway
+    diagnostics: bool | None = None  # per-layer reconstruction error; None: whenever XᵀX is collected anyway
     bias_correction: bool | None = None  # None: the method's default (MAMA: on)
     structure: str | None = None  # channels | heads | channels,heads | blocks: remove whole units (structured.py)
     # Unstructured: per-layer sparsity uniform (None) | owl | search (engine/allocation.py), options owl_m,
