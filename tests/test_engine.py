@@ -204,3 +204,71 @@ def test_mama_keeps_the_mean_output_through_the_bias():
     pruned_mean = (x @ layer.weight.T + layer.bias).mean(0).detach()
     assert (layer.weight == 0).float().mean() == pytest.approx(0.6, abs=0.01)
     torch.testing.assert_close(pruned_mean, dense_mean, rtol=1e-4, atol=1e-5)
+
+
+def _recorded_hessians(options, ids, family="llama"):
+    from prunelab.engine import EngineOptions
+
+    RecordingMagnitude.seen.clear()
+    model = tiny_model(family)
+    info = {}
+    prune_model(model, get_algorithm("test-recording"), Pattern(0.5), ids, progress=False,
+                options=EngineOptions(**options), info=info)
+    return [s.hessian for s in RecordingMagnitude.seen.values()], model, info
+
+
+def test_batched_forwards_give_the_statistics_of_one_sequence_at_a_time():
+    ids = random_ids(5, 12)
+    model = tiny_model("llama")
+    captured = []  # block 0's q_proj input: the normed embeddings, the same whatever the batching
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    handle.remove()
+    x = captured[0].reshape(-1, captured[0].shape[-1])
+    for batch in (1, 3):  # 3: batches of 3 and 2, a partial last batch
+        hessians, _, info = _recorded_hessians({"batch_size": batch}, ids)
+        assert info["batch_size"] == batch
+        assert_fp32_sums_close(hessians[0], x, x)  # XᵀX summed per sequence or per batch: fp32 rounding only
+
+
+@pytest.mark.parametrize("place", ["device", "disk"])
+def test_where_the_activations_live_never_changes_the_result(place, monkeypatch):
+    import prunelab.engine.sequential as sequential
+
+    ids = random_ids(5, 12)
+    host, model_host, info = _recorded_hessians({"batch_size": 2}, ids)
+    assert info["activations"] == "host"
+    # "device" is what a GPU run gets when the activations fit there; on the CPU it is the same code path
+    monkeypatch.setattr(sequential, "choose_place", lambda nbytes, device, limit: place)
+    other, model_other, info = _recorded_hessians({"batch_size": 2}, ids)
+    assert info["activations"] == place
+    assert all(torch.equal(a, b) for a, b in zip(host, other))
+    assert all(torch.equal(a, b) for a, b in zip(model_host.state_dict().values(), model_other.state_dict().values()))
+
+
+def test_compute_dtype_bfloat16_keeps_weights_and_statistics_in_fp32():
+    ids = random_ids(4, 12)
+    fp32, dense_model, _ = _recorded_hessians({"batch_size": 2}, ids)
+    bf16, model, info = _recorded_hessians({"batch_size": 2, "compute_dtype": "bfloat16"}, ids)
+    assert info["compute_dtype"] == "bfloat16"
+    assert all(h.dtype == torch.float32 for h in bf16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # magnitude pruning does not look at the statistics: the saved weights are the fp32 ones, not rounded
+    assert all(torch.equal(a, b) for a, b in zip(dense_model.state_dict().values(), model.state_dict().values()))
+    for a, b in zip(fp32, bf16):  # bf16 forwards: 8 mantissa bits, so a few percent on the accumulated products
+        assert float((a - b).norm() / a.norm()) < 0.05
+
+
+def test_block_calls_and_inputs_are_recorded_without_running_any_block():
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    calls = []
+    handles = [layer.register_forward_hook(lambda *a: calls.append(1)) for _, layer in adapter.named_prunable_layers()]
+    ids = random_ids(3, 12)
+    recorded = adapter.record_block_calls(ids)
+    inputs = adapter.block_inputs(ids, batch_size=2)
+    for h in handles:
+        h.remove()
+    assert calls == [] and len(recorded) == len(adapter.blocks) and inputs.shape == (3, 12, 32)
+    assert all(not hasattr(b, "__dict__") or "forward" not in b.__dict__ for b in adapter.blocks)  # restored

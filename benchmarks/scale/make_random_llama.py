@@ -21,8 +21,8 @@ import torch
 PRESETS = {  # with the embedded tokenizer's 49152-token vocabulary
     "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4),  # TinyLlama's blocks: 1.17B parameters, 4.7 GB in fp32
-    "7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8),  # Mistral-7B's blocks: 7.38B parameters, 29.5 GB in fp32
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=33, num_attention_heads=32,
+               num_key_value_heads=32),  # Llama-2-7B's blocks, one more of them: 7.08B parameters, 28.3 GB in fp32
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),
 }
