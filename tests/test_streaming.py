@@ -65,8 +65,9 @@ def test_activations_spilled_to_disk_give_the_same_weights(tmp_path, corpus_file
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_streamed_output_has_the_exact_sparsity_and_evaluates_blockwise(tmp_path, corpus_file):
-    src = save_tiny_folder("qwen2", tmp_path / "src")
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])  # gpt2: the LM head is the (tied) input embedding
+def test_streamed_output_has_the_exact_sparsity_and_evaluates_blockwise(family, tmp_path, corpus_file):
+    src = save_tiny_folder(family, tmp_path / "src")
     result = _prune(src, tmp_path / "out", corpus_file, method="wanda", sparsity=0.5, offload="disk",
                     eval_data=str(corpus_file), eval_seqlen=32)
     record = json.loads((tmp_path / "out" / "prunelab.json").read_text())

@@ -273,10 +273,14 @@ class StreamingBlocks:
         self.nonzero = sum(int((self._read_outside(n) != 0).sum()) for n in self.outside)
         # Only the tensors the model's preamble needs (embeddings) are read now; the head (final norm, LM head)
         # only when something evaluates, and both are dropped again once used.
-        head_modules = [self.adapter.family.final_norm, self.adapter.family.project_out,
-                        next(n for n, m in model.named_modules() if m is model.get_output_embeddings())]
-        self.head_names = {n for n in self.outside if any(n.startswith(f"{m}.") for m in head_modules if m)}
-        self._materialize([n for n in self.outside if n not in self.head_names])
+        from .adapters import _get
+
+        head = [_get(model, self.adapter.family.final_norm), _get(model, self.adapter.family.project_out),
+                model.get_output_embeddings()]
+        head_tensors = {id(p) for m in head if m is not None for p in m.parameters()}
+        input_tensors = {id(p) for p in model.get_input_embeddings().parameters()}  # tied heads are both
+        self.head_names = {n for n, t in self.outside.items() if id(t) in head_tensors}
+        self._materialize([n for n, t in self.outside.items() if n not in self.head_names or id(t) in input_tensors])
         self.out = Path(out) if out is not None else None
         self.staging = None
         self.weight_map: dict[str, str] = {}
