@@ -68,12 +68,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/work/runs-formats/speed")
     ap.add_argument("--rows", help="comma list of row names (default: all that can be made)")
-    ap.add_argument("--structured-method", default="wanda", help="criterion for the channels+heads rows")
-    ap.add_argument("--depth-method", default="magnitude", help="criterion for the depth rows")
+    ap.add_argument("--structured-method", default="magnitude", help="criterion for the channels+heads rows "
+                    "(speed depends on the widths, not on which units were removed)")
+    ap.add_argument("--depth-method", default="block-influence", help="criterion for the depth rows")
+    ap.add_argument("--cache", default="dynamic", choices=["dynamic", "static"], help="KV cache of prunelab speed")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed"))
     args = ap.parse_args(argv)
     work = Path(args.work)
-    (work / "rows").mkdir(parents=True, exist_ok=True)
+    rows_dir = work / f"rows-{args.cache}"
+    rows_dir.mkdir(parents=True, exist_ok=True)
     structure = has_structure()
     fill = {"structured_method": args.structured_method, "depth_method": args.depth_method,
             "depth4": str(4 / 30), "depth8": str(8 / 30)}
@@ -84,33 +87,34 @@ def main(argv=None) -> int:
         if MODELS[model_name] and "--structure" in MODELS[model_name] and not structure:
             skipped.append(row)
             continue
-        target = work / "rows" / (row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "")
+        target = rows_dir / (row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "")
                                   .replace(")", "").replace("+", "_") + ".json")
         if target.is_file():
             continue
         model = make_model(model_name, work, fill)
         cmd = [sys.executable, "-m", "prunelab.cli", "speed", model, "--baseline", BASELINE, "--kernel", kernel,
-               *SETTINGS, "--json", str(target) + ".tmp", "--quiet"]
+               *SETTINGS, "--cache", args.cache, "--json", str(target) + ".tmp", "--quiet"]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         os.replace(str(target) + ".tmp", target)
     results = {}
     for row in ROWS:
-        target = work / "rows" / (row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "")
+        target = rows_dir / (row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "")
                                   .replace(")", "").replace("+", "_") + ".json")
         if target.is_file():
             results[row] = json.loads(target.read_text())
-    Path(args.out + ".json").write_text(json.dumps({"rows": results, "skipped": skipped}, indent=1))
-    Path(args.out + ".md").write_text(render(results, skipped))
-    print(render(results, skipped))
+    out = args.out + ("" if args.cache == "dynamic" else f"_{args.cache}")
+    Path(out + ".json").write_text(json.dumps({"rows": results, "skipped": skipped}, indent=1))
+    Path(out + ".md").write_text(render(results, skipped, args.cache))
+    print(render(results, skipped, args.cache))
     return 0
 
 
-def render(results: dict, skipped: list[str]) -> str:
-    lines = ["# Speed on the embedded model (SmolLM2-135M, float32, CPU)", "",
-             "Command: `flock /tmp/prunelab-heavy.lock python benchmarks/speed_table.py`; each row is "
+def render(results: dict, skipped: list[str], cache: str = "dynamic") -> str:
+    lines = [f"# Speed on the embedded model (SmolLM2-135M, float32, CPU, {cache} KV cache)", "",
+             f"Command: `flock /tmp/prunelab-heavy.lock python benchmarks/speed_table.py --cache {cache}`; each row is "
              "`prunelab speed MODEL --baseline smollm2-135m --threads 2 --batch 1 --prompt-len 512 --new-tokens 128 "
-             "--repeats 5 --kernel K`, the model and its dense baseline each in its own process. Figures are medians "
+             f"--repeats 5 --cache {cache} --kernel K`, the model and its dense baseline each in its own process. Figures are medians "
              "of 5 repeats after a warm-up [min-max]; x = ratio to the dense baseline measured in the same "
              "invocation; ideal = from prefill FLOPs / decode bytes per token of the non-zero weights (LM head "
              "included); 'of ideal' = measured / ideal.", "",

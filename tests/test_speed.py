@@ -58,6 +58,8 @@ def test_timed_greedy_loop_generates_what_transformers_generate_does(family):
     prompt = random_ids(2, 12)
     new = 7
     _, _, tokens = greedy_timed(model, prompt, new, "cpu")
+    _, _, static = greedy_timed(model, prompt, new, "cpu", cache="static")
+    assert torch.equal(static, tokens)
     reference = model.generate(prompt, do_sample=False, max_new_tokens=new, min_new_tokens=new, use_cache=True,
                                pad_token_id=0, attention_mask=torch.ones_like(prompt))
     assert torch.equal(tokens, reference[:, prompt.shape[1]:])

@@ -510,7 +510,7 @@ def _as_tuple(value, cast=str) -> tuple:
 
 SWEEP_KEYS = {"methods", "levels", "patterns", "models", "calibration", "options", "eval", "device", "dtype",
               "save_dir", "store", "finetune", "speed"}
-SPEED_KEYS_IN_FILE = {"batch", "prompt_len", "new_tokens", "repeats", "threads", "device", "kernel", "seed"}
+SPEED_KEYS_IN_FILE = {"batch", "prompt_len", "new_tokens", "repeats", "threads", "device", "kernel", "seed", "cache"}
 
 
 def speed_settings_from(value, dtype: str):

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     s.add_argument("--kernel", default="dense", choices=KERNELS, help="dense | csr: how MODEL's pruned layers are multiplied "
                                                       "(the baseline always runs dense)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random prompt token ids")
+    s.add_argument("--cache", default="dynamic", choices=["dynamic", "static"],
+                   help="KV cache: dynamic (grown by concatenation every step, transformers' default) or static "
+                        "(preallocated for prompt + new tokens before the clock starts)")
     s.add_argument("--same-process", action="store_true",
                    help="measure both models in this process (faster; peak RSS is then not per model)")
     s.add_argument("--json", help="write the measurements to this JSON file")
@@ -37,7 +40,7 @@ def run(args) -> int:
 
     settings = SpeedSettings(batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                              repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
-                             kernel=args.kernel, seed=args.seed)
+                             kernel=args.kernel, seed=args.seed, cache=args.cache)
     baseline = args.baseline
     if baseline is None:
         baseline = default_baseline(args.model)

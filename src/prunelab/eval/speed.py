@@ -54,6 +54,7 @@ class SpeedSettings:
     dtype: str = "float32"
     kernel: str = "dense"  # see prunelab.kernels
     seed: int = 0
+    cache: str = "dynamic"  # KV cache: "dynamic" (grown every step, transformers' default) | "static" (preallocated)
 
     def __post_init__(self):
         from ..kernels import KERNELS
@@ -68,6 +69,8 @@ class SpeedSettings:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.cache not in ("dynamic", "static"):
+            raise ValueError(f"cache must be dynamic or static, got {self.cache!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel {self.kernel!r} is not one of {KERNELS}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -156,15 +159,21 @@ def _rss_now_and_peak() -> tuple[int | None, int | None]:
         return None, peak_rss_bytes()
 
 
-def greedy_timed(model, prompt: torch.Tensor, new_tokens: int, device: str) -> tuple[float, float, torch.Tensor]:
-    """Prefill seconds, decode seconds and the (batch, new_tokens) greedy tokens; KV cache, no early stop."""
+def greedy_timed(model, prompt: torch.Tensor, new_tokens: int, device: str, cache: str = "dynamic"
+                 ) -> tuple[float, float, torch.Tensor]:
+    """Prefill seconds, decode seconds and the (batch, new_tokens) greedy tokens; KV cache, no early stop.
+    ``cache="static"``: a KV cache preallocated (before the clock starts) for prompt + new tokens."""
     from .generation import kv_cache_argument
 
     cache_name = kv_cache_argument(model)
+    first = {}
+    if cache == "static":
+        from transformers import StaticCache
+        first[cache_name] = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + new_tokens)
     with torch.inference_mode():
         _sync(device)
         start = time.perf_counter()
-        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **first)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         _sync(device)
         prefilled = time.perf_counter()
@@ -205,10 +214,10 @@ def measure(source: str, settings: SpeedSettings, progress: bool = False) -> dic
     prompt = torch.randint(0, model.config.vocab_size, (settings.batch, settings.prompt_len), generator=generator)
     prompt = prompt.to(settings.device)
 
-    greedy_timed(model, prompt, settings.new_tokens, settings.device)  # warm-up: allocations, caches, kernels
+    greedy_timed(model, prompt, settings.new_tokens, settings.device, settings.cache)  # warm-up (not counted)
     prefill_s, decode_s, tokens = [], [], None
     for repeat in range(settings.repeats):
-        p, d, tokens = greedy_timed(model, prompt, settings.new_tokens, settings.device)
+        p, d, tokens = greedy_timed(model, prompt, settings.new_tokens, settings.device, settings.cache)
         prefill_s.append(p)
         decode_s.append(d)
         if progress:
@@ -362,7 +371,8 @@ def format_table(result: dict) -> str:
         lines.append(line)
     settings = result["settings"]
     lines.append(f"batch {settings['batch']}, prompt {settings['prompt_len']}, {settings['new_tokens']} new tokens, "
-                 f"{result['threads']} threads, {settings['device']}, {settings['dtype']}, kernel {settings['kernel']}"
+                 f"{result['threads']} threads, {settings['device']}, {settings['dtype']}, {settings['cache']} KV cache, "
+                 f"kernel {settings['kernel']}"
                  f" ({result['kernel']['summary']}); median [min-max] of {settings['repeats']} repeats after a warm-up; "
                  "ratios >1 = faster/larger; ideal: FLOPs (prefill) and bytes read per token (decode) from non-zero "
                  "weights")
