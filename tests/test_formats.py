@@ -162,3 +162,5 @@ def test_cli_prune_compressed_export_dense_and_evaluate(tmp_path, capsys):
     from_compressed = json.loads(capsys.readouterr().out)["ppl"]
     assert main(["eval", str(plain), "--data", str(corpus), "--seqlen", "32", "--max-windows", "2", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["ppl"] == from_compressed
+    assert main(["eval", str(nm_dir), "--data", str(corpus), "--seqlen", "32", "--offload", "disk", "--quiet"]) == 2
+    assert "compressed checkpoint" in capsys.readouterr().err

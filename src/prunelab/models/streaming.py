@@ -434,6 +434,11 @@ def open_streaming(source: str, dtype: str = "float32", trust_remote_code: bool 
     from .loading import DTYPES, resolve_source
 
     resolved = resolved or resolve_source(source)
+    from ..formats import is_compressed_folder
+    if resolved.kind == "folder" and is_compressed_folder(resolved.location):
+        raise ValueError(f"{resolved.location} is a compressed checkpoint (bitmask/nm), expanded in memory, not "
+                         "streamed; drop --offload disk, or write it dense first: prunelab export DIR --format dense "
+                         "--out DIR2")
     model, tensors, tokenizer = _tensors_and_config(resolved, DTYPES[dtype], trust_remote_code)
     return model, tokenizer, resolved, StreamingBlocks(model, tensors, DTYPES[dtype], out=out, force=force)
 
