@@ -8,7 +8,8 @@ Every run goes through ``prunelab sweep`` into one results store, so rerunning t
 interruption continues where it stopped (finished runs are kept; a failing run is stored with its reason).
 
     python benchmarks/zoo.py                          # all parts, then the results and the report
-    python benchmarks/zoo.py --parts table4           # a subset (table4, allocation, builtins, plugins)
+    python benchmarks/zoo.py --parts table4           # a subset (table4, allocation, search, structured, plugins,
+                                                      # builtins)
     python benchmarks/zoo.py --render-only            # rewrite results/zoo.{md,json} and the report from the store
     python benchmarks/zoo.py --lock /tmp/prunelab-heavy.lock   # each sweep under a shared lock (busy machines)
 
@@ -33,10 +34,11 @@ SETTINGS = ("0.50", "0.60", "0.70", "2:4")
 # Seed 002, Table 4 (and Table 3's bias indicator): idea -> (prunelab method spec, note)
 TABLE4 = [
     ("01", "Gradient Sensitive Pruning", "taylor", "first-order Taylor |w·E[∂L/∂w]|, dense-model gradients"),
-    ("02", "L1 Norm Pruning", "structured:magnitude", "structured: output units ranked by the L1 norm of their "
-                                                      "weights (--structure channels,heads --method magnitude)"),
-    ("03", "Structured Pruning", "structured:flap", "structured: FLAP's fluctuation criterion, whole channels and "
-                                                    "heads removed (--structure channels,heads --method flap)"),
+    ("02", "L1 Norm Pruning", "struct-magnitude", "structured: MLP channels and attention heads ranked by the norm "
+                                                  "of their weights, removed (--structure channels,heads --method "
+                                                  "magnitude); level = fraction of the blocks' parameters"),
+    ("03", "Structured Pruning", "struct-flap", "structured: FLAP's fluctuation criterion with its bias "
+                                                "compensation (--structure channels,heads --method flap)"),
     ("04", "K-means Clustering Pruning", "kmeans", "1-D k-means per layer (16 clusters), clusters nearest zero first"),
     ("05", "Random Pruning", "random", "uniformly random mask"),
     ("06", "Random Pattern Pruning", "random-nm", "random N:M mask: the 2:4 run of `random` (50%); no N:M pattern "
@@ -58,6 +60,8 @@ PARTS = {
     "search": {"methods": "wanda+search", "levels": "0.5,0.6", "patterns": "unstructured"},
     "builtins": {"methods": "mama,dsnot,neg-magnitude,alps", "levels": "0.5,0.6,0.7", "patterns": "unstructured,2:4"},
 }
+STRUCTURED = {"struct-magnitude": "magnitude", "struct-flap": "flap"}  # label -> --method with --structure
+STRUCTURED_LEVELS = ("0.5", "0.6", "0.7")
 
 
 def sweep(store: Path, part: dict, limit: int, lock: list[str]) -> None:
@@ -77,6 +81,73 @@ def bench_plugins(store: Path, limit: int, lock: list[str]) -> None:
                "--store", str(store), "--bench", "--tasks", "all", "--limit", str(limit)]
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run([*lock, *cmd])  # a rejected plug-in is a result, not an error
+
+
+def structured(store: Path, limit: int, lock: list[str]) -> None:
+    """Structured runs (not sweepable): each `prunelab prune --structure channels,heads` + `prunelab eval` in
+    their own processes, filed into the same store (skipped when already there)."""
+    for name in STRUCTURED:
+        for level in STRUCTURED_LEVELS:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--store", str(store), "--limit", str(limit),
+                   "--structured-run", f"{name}@{level}"]
+            print("$", " ".join(cmd[1:]), flush=True)
+            subprocess.run([*lock, *cmd], check=True)
+
+
+def structured_run(store_path: Path, spec: str, limit: int) -> None:
+    """One structured run into the store: identity = method, structure, level, protocol and versions."""
+    import shutil
+    import tempfile
+
+    from prunelab.bench.store import ResultsStore, run_key
+    from prunelab.bench.sweep import KEY_PACKAGES, _loadavg
+    from prunelab.record import host_description, package_versions
+
+    name, level = spec.split("@")
+    versions = package_versions()
+    identity = {"structured": True, "method": name, "criterion": STRUCTURED[name], "structure": "channels,heads",
+                "level": float(level), "calibration": PROTOCOL[:8], "eval": {"wikitext2": PROTOCOL[10:], "tasks": "all",
+                                                                             "limit": limit},
+                "versions": {k: versions.get(k) for k in KEY_PACKAGES}}
+    key = run_key(identity)
+    store = ResultsStore(store_path)
+    try:
+        if store.claim(key, model="smollm2-135m", method=name, pattern="unstructured", level=float(level),
+                       identity=identity):
+            print(f"{spec}: already in the store")
+            return
+        work = Path(tempfile.mkdtemp(prefix="prunelab-zoo-"))
+        load_start = _loadavg()
+        try:
+            prune = [sys.executable, "-m", "prunelab.cli", "prune", "--method", STRUCTURED[name], "--structure",
+                     "channels,heads", "--sparsity", level, "--calib", "c4", "--calib-samples", "64",
+                     "--calib-seqlen", "512", "--seed", "0", "--out", str(work / "model"), "--quiet"]
+            subprocess.run(prune, check=True)
+            record = json.loads((work / "model" / "prunelab.json").read_text())
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "prunelab.cli", "eval", str(work / "model"), "--data", "wikitext2",
+                            "--seqlen", "512", "--max-windows", "128", "--tasks", "all", "--limit", str(limit),
+                            "--json", str(work / "eval.json"), "--quiet"], check=True)
+            evaluation = json.loads((work / "eval.json").read_text())
+            eval_seconds = time.perf_counter() - started
+            summary = record["summary"]
+            files = sum(f.stat().st_size for f in (work / "model").glob("*.safetensors"))
+            metrics = {"perplexity": {"wikitext2": {k: evaluation[k] for k in ("ppl", "nll", "tokens", "windows",
+                                                                                 "finite") if k in evaluation}},
+                       "tasks": evaluation.get("tasks", {}),
+                       "size": {"sparsity": summary["achieved_sparsity"], "nonzero_params": summary["total_params_after"],
+                                "dense_checkpoint_bytes": files, "bitmask_checkpoint_bytes": files}}
+            store.finish(key, "done", metrics=metrics, layers=record.get("layers"), record={
+                "prune_seconds": record["prune_seconds"], "eval_seconds": eval_seconds,
+                "peak_rss_bytes": record["peak_rss_bytes"], "config": record["config"], "summary": summary,
+                "loadavg": {"start": load_start, "end": _loadavg()}, "versions": versions, "host": host_description()})
+        except Exception as exc:
+            store.finish(key, "failed", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        store.close()
 
 
 def label(row: dict) -> str:
@@ -121,8 +192,9 @@ def render(store_path: Path) -> None:
     for number, idea, spec, note in TABLE4:
         cells = {}
         for setting in SETTINGS:
-            if spec.startswith("structured:"):
-                c = {"status": "pending", "reason": "structured pruning (--structure, issue 15) has not landed on main"}
+            if spec in STRUCTURED and setting == "2:4":
+                c = {"status": "NA", "reason": "structured pruning removes whole channels and heads; an N:M pattern "
+                                               "is not a structure"}
             elif spec == "random-nm":
                 c = cell(by.get(("random", "2:4"))) if setting in ("0.50", "2:4") else {
                     "status": "NA", "reason": "no N:M pattern with M dividing 576 and 1536 gives exactly "
@@ -212,17 +284,23 @@ def _limit(rows):
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", default="runs/zoo.db")
-    parser.add_argument("--parts", default="table4,allocation,search,builtins,plugins")
+    parser.add_argument("--parts", default="table4,allocation,search,structured,plugins,builtins")
     parser.add_argument("--limit", type=int, default=40, help="zero-shot items per task")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--lock", help="run each sweep under `flock LOCK` (e.g. /tmp/prunelab-heavy.lock)")
+    parser.add_argument("--structured-run", help=argparse.SUPPRESS)  # one structured run (used by the structured part)
     args = parser.parse_args()
     store = Path(args.store)
+    if args.structured_run:
+        structured_run(store, args.structured_run, args.limit)
+        return 0
     lock = ["flock", args.lock] if args.lock else []
     if not args.render_only:
         for part in args.parts.split(","):
             if part == "plugins":
                 bench_plugins(store, args.limit, lock)
+            elif part == "structured":
+                structured(store, args.limit, lock)
             else:
                 sweep(store, PARTS[part], args.limit, lock)
     render(store)
