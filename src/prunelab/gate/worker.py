@@ -13,14 +13,20 @@ import importlib.util
 import os
 import random
 import sys
+import threading
 import traceback
 from pathlib import Path
+
+import tqdm.std
 
 import torch  # noqa: F401  (imported once in the forkserver, shared by every worker)
 import transformers  # noqa: F401
 
 import prunelab.engine  # noqa: F401
 from prunelab.models.tiny import CONFIGS
+
+# tqdm would create a multiprocessing lock (a named semaphore) in each worker, which a killed worker leaks.
+tqdm.std.tqdm.set_lock(threading.RLock())
 
 # Import every family's model class here too (seconds of lazy imports), so that each forked worker starts warm.
 for _make in CONFIGS.values():
