@@ -59,3 +59,34 @@ def test_leaderboard_ranks_marks_na_and_lists_gate_failures(tmp_path):
     gate = text.split("## Gate failures (check-algorithm)")[1].split("\n## ")[0]
     assert "| broken | generated | weights finite: llama/0.5: model.layers.0.q_proj has NaN or inf |" in gate
     assert "my-plugin" not in gate
+
+
+def test_sweep_with_a_plugin_and_an_allocation_reaches_the_leaderboard(tmp_path, capsys):
+    """End to end on a tiny model folder: sweep --plugin, a +owl method, the gate's verdict, the report."""
+    from pathlib import Path
+
+    from prunelab.cli import main
+    from tiny_models import TEXT, save_tiny_folder
+
+    save_tiny_folder("llama", tmp_path / "model")
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    store = tmp_path / "lb.db"
+    plugin = Path(__file__).parent / "plugins" / "good_magnitude.py"
+    assert main(["sweep", "--models", str(tmp_path / "model"), "--plugin", str(plugin),
+                 "--methods", "plugin-magnitude,wanda,wanda+owl", "--levels", "0.5", "--patterns", "unstructured",
+                 "--calib", str(tmp_path / "corpus.txt"), "--calib-samples", "4", "--calib-seqlen", "32",
+                 "--eval", str(tmp_path / "corpus.txt"), "--eval-seqlen", "32", "--device", "cpu",
+                 "--store", str(store), "--quiet"]) == 0
+    s = ResultsStore(store)
+    rows = {r["method"]: r for r in s.rows("done")}
+    assert set(rows) == {"dense", "plugin-magnitude", "wanda", "wanda+owl"}
+    assert rows["plugin-magnitude"]["identity"]["algorithm_source"]["class"] == "PluginMagnitude"
+    allocation = rows["wanda+owl"]["record"]["allocation"]
+    assert allocation["kind"] == "owl" and len(allocation["block_sparsity"]) == 2
+    assert rows["wanda+owl"]["metrics"]["size"]["sparsity"] == rows["wanda"]["metrics"]["size"]["sparsity"]
+    s.note_algorithm("plugin-magnitude", author="generated", source=str(plugin), sha256=None, gate="passed",
+                     reason=None, result=None)
+    s.close()
+    text = write_report(store, tmp_path / "out")["markdown"].read_text()
+    board = text.split("## Leaderboard: ")[1].split("\n## ")[0]
+    assert "| plugin-magnitude | generated |" in board and "| wanda+owl | human |" in board
