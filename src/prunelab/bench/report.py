@@ -408,6 +408,8 @@ class Report:
         base = method.split("+")[0]
         if base in self.algorithms:
             return self.algorithms[base]["author"]
+        if any(((r.get("record") or {}).get("config") or {}).get("structure") for r in self.rows if r["method"] == method):
+            return "human"  # a built-in structured criterion (--structure)
         try:
             from ..algorithms import get_algorithm
             from ..algorithms.base import algorithm_source
