@@ -73,7 +73,7 @@ class Bench:
         a = self.args
         flags = ["--train", "c4", "--tokens", str(a.tokens), "--lr", str(a.lora_lr if lora else a.lr),
                  "--batch", str(a.batch), "--micro-batch", str(a.micro_batch), "--seqlen", str(a.seqlen),
-                 "--checkpoint-minutes", "3"]
+                 "--heldout-windows", str(a.heldout_windows), "--checkpoint-minutes", "3"]
         if lora:
             flags += ["--lora", str(a.lora), "--lora-merge", merge]
         return flags
@@ -178,14 +178,15 @@ def markdown(results: dict, args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=32768, help="fine-tuning tokens per row (default 32768)")
+    parser.add_argument("--tokens", type=int, default=24576, help="fine-tuning tokens per row (default 24576)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--iter-steps", type=int, default=4)
+    parser.add_argument("--heldout-windows", type=int, default=8, help="held-out C4 windows per validation")
     parser.add_argument("--limit", type=int, default=300, help="zero-shot items per task")
     parser.add_argument("--work", default="runs/finetune_recovery", help="models and evaluations of every row")
     parser.add_argument("--name", default="finetune_recovery")

@@ -50,8 +50,8 @@ def test_report_renders_in_chromium(tmp_path):
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", html), "the page must be self-contained"
     dom, console = render(files["html"])
     assert console == []
-    assert dom.count("<table") == 4  # perplexity, runtime, end-to-end, size
+    assert dom.count("<table") == 6  # perplexity, leaderboard, human vs generated, runtime, end-to-end, size
     assert dom.count("<svg") == 3  # ppl vs level, quality vs size, runtime
-    assert "Perplexity on" in dom and "Running time per algorithm" in dom
+    assert "Perplexity on" in dom and "Running time per algorithm" in dom and "Leaderboard" in dom
     for label in ("0.00 (dense)", "0.50", "0.90", "2:4"):
         assert f"<td>{label}</td>" in dom
