@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -48,16 +47,9 @@ def build_kernels(weights: list[torch.Tensor], kernel: str):
 
 def time_kernel(fns, x: torch.Tensor, repeats: int) -> list[float]:
     """Seconds per layer call, one value per repeat (each repeat = one pass over every matrix)."""
-    with torch.inference_mode():
-        for f in fns:  # warm-up
-            f(x)
-        values = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for f in fns:
-                f(x)
-            values.append((time.perf_counter() - start) / len(fns))
-    return values
+    from prunelab.kernels import pass_times
+
+    return [t / len(fns) for t in pass_times(fns, x, repeats)]
 
 
 def main(argv=None) -> int:

@@ -75,8 +75,8 @@ class PhaseLinear(nn.Module):
         return nn.functional.linear(x, self.dense, self.bias)
 
 
-def _time_pass(fns, x: torch.Tensor, repeats: int = 3) -> float:
-    """Median seconds of one pass through every function (after one untimed pass)."""
+def pass_times(fns, x: torch.Tensor, repeats: int = 3) -> list[float]:
+    """Seconds of each of ``repeats`` passes through every function (after one untimed pass)."""
     with torch.inference_mode():
         for f in fns:
             f(x)
@@ -86,7 +86,13 @@ def _time_pass(fns, x: torch.Tensor, repeats: int = 3) -> float:
             for f in fns:
                 f(x)
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return times
+
+
+def _time_pass(fns, x: torch.Tensor, repeats: int = 3) -> float:
+    """Median seconds of one pass through every function."""
+    times = sorted(pass_times(fns, x, repeats))
+    return times[len(times) // 2]
 
 
 def choose_kernels(groups: dict[str, list[torch.Tensor]], batch: int, prompt_len: int) -> dict[str, dict]:
