@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prunelab.patterns import Pattern, lowest_k_mask, nm_mask, select_pruned
+from prunelab.patterns import Pattern, lowest_k_mask, lowest_k_per_row_mask, nm_mask, select_pruned
 
 
 def reference_lowest_k(scores, k):
@@ -16,6 +16,20 @@ def test_lowest_k_equals_stable_sort_even_with_ties(k):
     scores = torch.randint(0, 5, (10, 10), generator=g).float()  # many ties, as in dequantized Q4 weights
     assert torch.equal(lowest_k_mask(scores, k), reference_lowest_k(scores, k))
     assert int(lowest_k_mask(scores, k).sum()) == k
+
+
+@pytest.mark.parametrize("k", [0, 1, 6, 12, 13])
+@pytest.mark.parametrize("kind", ["ties", "continuous", "prior"])
+def test_lowest_k_per_row_equals_stable_row_sort(k, kind):
+    g = torch.Generator().manual_seed(k)
+    scores = {"ties": lambda: torch.randint(0, 3, (9, 13), generator=g).float(),
+              "continuous": lambda: torch.randn(9, 13, generator=g),
+              "prior": lambda: torch.randn(9, 13, generator=g).masked_fill(torch.rand(9, 13, generator=g) < 0.4,
+                                                                           float("-inf"))}[kind]()
+    expected = torch.zeros_like(scores, dtype=torch.bool)
+    expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], True)
+    assert torch.equal(lowest_k_per_row_mask(scores, k), expected)
+    assert torch.equal(lowest_k_per_row_mask(scores.bfloat16(), k).sum(1), torch.full((9,), k))
 
 
 def test_nm_mask_prunes_exactly_n_lowest_of_every_m_columns():
