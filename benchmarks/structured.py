@@ -1,7 +1,7 @@
 """Benchmark: structured pruning quality on the embedded model (resumable).
 
 Protocol of benchmarks/core_methods.py: calibration 64 x 512 tokens of C4 (seed 0); WikiText-2 test perplexity
-at seqlen 512 over the first 128 windows. Each prune and each evaluation of the saved (stock-loadable) folder
+at seqlen 512 over the first 128 windows (8 per forward). Each prune and each evaluation of the saved (stock-loadable) folder
 runs as its own `prunelab` process. Finished rows are kept in the JSON and skipped on a rerun, so an interrupted
 benchmark continues where it stopped.
 
@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-EVAL = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128"]
+# 8 windows per forward: the same perplexity up to float rounding (~1e-6 relative), 2-3x faster than one window
+# per forward on 2 busy cores.
+EVAL = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128", "--batch-size", "8"]
 CALIB = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seed", "0"]
 CRITERIA = ("magnitude", "wanda", "flap", "obs")
 LEVELS = ("0.1", "0.2", "0.3", "0.5")
@@ -131,7 +133,7 @@ def save(path: Path, data: dict, args) -> None:
     from prunelab.record import host_description, package_versions
 
     data["meta"] = {"protocol": {"calibration": "c4 train shard-0 sample, 64 x 512, seed 0",
-                                 "eval": "wikitext2 test, seqlen 512, first 128 windows"},
+                                 "eval": "wikitext2 test, seqlen 512, first 128 windows, 8 per forward"},
                     "model": args.model, "versions": package_versions(), "host": host_description(),
                     "date": time.strftime("%Y-%m-%d %H:%M")}
     tmp = path.with_suffix(".json.tmp")
