@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from prunelab.data import calibration_segments, data_dir, evaluation_windows, load_corpus
 from prunelab.data.corpora import Corpus
 from prunelab.eval import perplexity
+from prunelab.eval.perplexity import auto_batch_size
 from tiny_models import CharTokenizer, random_ids, tiny_model
 
 needs_data = pytest.mark.skipif(not (data_dir() / "wikitext-2-raw" / "wiki.test.raw").is_file(),
@@ -72,3 +73,11 @@ def test_perplexity_equals_mean_token_nll_of_the_reference_loop():
     reference = math.exp(float(torch.stack(losses).mean()))
     assert result["ppl"] == pytest.approx(reference, rel=1e-5)
     assert (result["windows"], result["seqlen"], result["tokens"]) == (5, 24, 5 * 23)
+    automatic = perplexity(model, windows, progress=False)  # 4096 // 24 windows per forward: all 5 at once
+    assert automatic["batch_size"] == 170 and automatic["ppl"] == pytest.approx(reference, rel=1e-5)
+
+
+def test_automatic_eval_batch_bounds_tokens_and_logits():
+    assert auto_batch_size(512, 49152) == 8  # the embedded model: 4096 tokens, 805 MB of logits
+    assert auto_batch_size(2048, 128256) == 1  # Llama-3: one 2048 window is already 1.05 GB of logits
+    assert auto_batch_size(1024, 32000) == 4 and auto_batch_size(8192, 32000) == 1

@@ -301,7 +301,7 @@ def streamed_summary(blocks, layers) -> dict:
 
 def evaluate(model, *, tokenizer=None, data: str | Corpus | None = "wikitext2", split: str = "test",
              seqlen: int | None = None,
-             max_windows: int | None = None, batch_size: int = 1, dtype: str = "float32",
+             max_windows: int | None = None, batch_size: int | None = None, dtype: str = "float32",
              device: str | None = None, progress: bool = True, tasks: list[str] | str | None = None,
              limit: int | None = None, generate: bool = False, max_new_tokens: int | None = None,
              prompts: list[str] | None = None, task_batch_size: int = 32, data_dir: str | Path | None = None,

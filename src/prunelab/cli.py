@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="default test (for c4: validation, which has no test split)")
     e.add_argument("--seqlen", type=int, help="window length (default 2048; 512 for the embedded model)")
     e.add_argument("--max-windows", type=int)
-    e.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward pass")
+    e.add_argument("--batch-size", type=int, help="perplexity windows per forward pass (default: about 4096 tokens, "
+                   "at most 1 GiB of logits; changes the result only by float rounding)")
     e.add_argument("--tasks", help="comma list of zero-shot tasks, or 'all': lambada, piqa, arc_easy, arc_challenge, "
                    "hellaswag, boolq, winogrande, openbookqa, siqa")
     e.add_argument("--limit", type=int, help="score only the first N items of each task (file order, like the harness)")
