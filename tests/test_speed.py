@@ -65,13 +65,18 @@ def test_timed_greedy_loop_generates_what_transformers_generate_does(family):
     assert torch.equal(tokens, reference[:, prompt.shape[1]:])
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_csr_kernel_gives_the_dense_logits(family):
-    model = tiny_model(family)
+def sparsified(model, fraction):
+    """Zero about ``fraction`` of every prunable weight at random, in place."""
     adapter = ModelAdapter(model)
     for _, layer in adapter.named_prunable_layers():
         w = adapter.get_weight(layer)
-        adapter.set_weight(layer, torch.where(torch.rand_like(w) < 0.6, 0.0, w))
+        adapter.set_weight(layer, torch.where(torch.rand_like(w) < fraction, 0.0, w))
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_csr_kernel_gives_the_dense_logits(family):
+    model = sparsified(tiny_model(family), 0.6)
     ids = random_ids(2, 16)
     with torch.no_grad():
         dense = model(input_ids=ids).logits
@@ -103,10 +108,7 @@ def test_auto_does_not_time_layers_below_half_sparsity_and_keeps_dense_outputs()
     groups = {"mlp.up_proj": [ModelAdapter.get_weight(b.mlp.up_proj) for b in ModelAdapter(model).blocks]}
     choice = choose_kernels(groups, batch=1, prompt_len=8)["mlp.up_proj"]
     assert choice["decode"] == choice["prefill"] == "dense" and "decode_seconds" not in choice
-    adapter = ModelAdapter(model)
-    for _, layer in adapter.named_prunable_layers():
-        w = adapter.get_weight(layer)
-        adapter.set_weight(layer, torch.where(torch.rand_like(w) < 0.9, 0.0, w))
+    sparsified(model, 0.9)
     ids = random_ids(1, 8)
     with torch.no_grad():
         dense = model(input_ids=ids).logits
