@@ -232,6 +232,25 @@ def test_batched_forwards_give_the_statistics_of_one_sequence_at_a_time():
         assert_fp32_sums_close(hessians[0], x, x)  # XᵀX summed per sequence or per batch: fp32 rounding only
 
 
+@pytest.mark.parametrize("wanted", [{"self_attn.k_proj"}, {"self_attn.o_proj", "mlp.down_proj"}])
+def test_statistics_of_chosen_layers_equal_those_of_the_full_collection(wanted):
+    from prunelab.engine.sequential import calibrated_blocks
+
+    ids = random_ids(3, 10)
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    needs = frozenset({"hessian", "mean"})
+    full = [stats for _, _, _, stats in calibrated_blocks(adapter, ids, needs, "cpu")]
+    some = [stats for _, _, _, stats in calibrated_blocks(adapter, ids, needs, "cpu", only_layers=wanted)]
+    for everything, chosen in zip(full, some):
+        assert set(chosen) == wanted  # k_proj shares q_proj's input: its accumulator is q_proj's, as in the full run
+        for name in wanted:
+            for field in ("hessian", "mean_sum", "seq_sum_sq"):
+                assert torch.equal(getattr(chosen[name], field), getattr(everything[name], field))
+    with pytest.raises(ValueError, match="no prunable layers"):
+        next(calibrated_blocks(adapter, ids, needs, "cpu", only_layers={"mlp.nope"}))
+
+
 @pytest.mark.parametrize("place", ["device", "disk"])
 def test_where_the_activations_live_never_changes_the_result(place, monkeypatch):
     import prunelab.engine.sequential as sequential

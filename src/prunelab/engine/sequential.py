@@ -318,8 +318,9 @@ def _forward_copy(block: nn.Module, dtype) -> nn.Module:
 
 
 def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, call: BlockCall, needs, batch: int,
-                   device, timer: _Timer) -> dict[str, LayerStats]:
-    """Run ``runner`` on every calibration batch, accumulating input statistics per prunable layer.
+                   device, timer: _Timer, wanted=None) -> dict[str, LayerStats]:
+    """Run ``runner`` on every calibration batch, accumulating input statistics per prunable layer (or only for
+    the layer names in ``wanted``: structured pruning needs its consumers' inputs alone).
 
     The first batch runs with recording hooks, to learn which layers are fed the same tensor (they share one
     accumulator) and which prunable layer runs last; later batches stop as soon as that layer's input has been
@@ -344,8 +345,14 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     leaders: dict[str, str] = {}  # layer name -> name of the layer whose accumulator it shares
     for name in order:
         leaders[name] = next((o for o in leaders if leaders[o] == o and seen[o] is seen[name]), name)
-    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device)
-                    for name in order if leaders[name] == name}
+    if wanted is not None:
+        unknown = set(wanted) - set(layers)
+        if unknown:
+            raise ValueError(f"no prunable layers {sorted(unknown)} in this block; it has {sorted(layers)}")
+        layers = {name: layers[name] for name in order if name in wanted}
+        order = list(layers)
+    accumulators = {leaders[name]: None for name in order}
+    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device) for name in accumulators}
     started = time.perf_counter()
     for name, acc in accumulators.items():
         acc.add(seen[name])
@@ -362,9 +369,10 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     def stop(_module, _args):
         raise _StopForward
 
-    handles = [layers[name].register_forward_pre_hook(accumulate(acc)) for name, acc in accumulators.items()]
+    modules = adapter.prunable_layers(runner)
+    handles = [modules[name].register_forward_pre_hook(accumulate(acc)) for name, acc in accumulators.items()]
     if needs:  # with nothing to accumulate the pass runs whole (callers may hook the block's output)
-        handles.append(layers[order[-1]].register_forward_pre_hook(stop))
+        handles.append(modules[order[-1]].register_forward_pre_hook(stop))
     try:
         with torch.no_grad(), timer.phase("stats_forward"):
             for start in range(min(batch, n), n, batch):
@@ -398,7 +406,7 @@ def embed_inputs(adapter: ModelAdapter, ids: torch.Tensor, batch: int, device, o
 
 
 def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, needs, device,
-                      source=None, options: EngineOptions | None = None, info: dict | None = None):
+                      source=None, options: EngineOptions | None = None, info: dict | None = None, only_layers=None):
     """Yield (index, block, layers, stats) for each block, in order, with the block on ``device``; after the
     caller has modified the block, run it on the calibration activations to produce the next block's inputs (so
     pruning propagates), then hand it back to ``source``.
@@ -406,6 +414,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
     ``calibration``: (n, seqlen) token ids, or None when nothing is calibrated (then ``stats`` is None and no
     forward runs). ``source``: where blocks come from and go back to (default: the model's own, in memory).
     ``info``, if given, receives how the engine ran (batch, dtypes, where the activations lived, seconds per phase).
+    ``only_layers``: names (relative to the block) whose statistics to collect (None: every prunable layer).
     """
     device = torch.device(device)
     options = options or EngineOptions()
@@ -435,7 +444,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
             if calibration is not None:
                 call = calls[i].to(device)
                 runner = _forward_copy(block, compute_dtype)
-                stats = _collect_stats(adapter, runner, activations, call, needs, batch, device, timer)
+                stats = _collect_stats(adapter, runner, activations, call, needs, batch, device, timer, only_layers)
                 del runner
             started = time.perf_counter()
             yield i, block, layers, stats

@@ -245,13 +245,18 @@ def _prune_units(adapter: ModelAdapter, index: int, block, kind: str, plan: tupl
 
 
 # -- the whole model -------------------------------------------------------------------------------------------
+def _consumers(adapter: ModelAdapter, spec: StructuredSpec) -> set[str]:
+    """The layers whose input statistics the criteria and refits read (the rest are not accumulated)."""
+    return {adapter.unit_map(kind).consumer for kind in spec.kinds}
+
+
 def _score_dense(adapter, spec, calibration, device, progress) -> list[dict]:
     """Pass 1 of the adaptive allocation: every block's unit scores on the dense model's activations."""
     criterion = UNIT_CRITERIA[spec.criterion]
     scores = []
     bar = tqdm(total=len(adapter.blocks), desc=f"{spec.criterion} scores", unit="block", disable=not progress)
-    source = (calibrated_blocks(adapter, calibration, spec.needs(), device) if spec.needs()
-              else ((i, b, None, None) for i, b in enumerate(adapter.blocks)))
+    source = (calibrated_blocks(adapter, calibration, spec.needs(), device, only_layers=_consumers(adapter, spec))
+              if spec.needs() else ((i, b, None, None) for i, b in enumerate(adapter.blocks)))
     for _, block, _, stats in source:
         per_kind = {}
         for kind in spec.kinds:
@@ -288,7 +293,7 @@ def _prune_widths(adapter: ModelAdapter, spec: StructuredSpec, calibration, devi
     reports = []
     bar = tqdm(total=len(adapter.blocks), desc=f"{spec.criterion} {spec.structure} {spec.sparsity:g}", unit="block",
                disable=not progress)
-    source = (calibrated_blocks(adapter, calibration, needs, device) if needs
+    source = (calibrated_blocks(adapter, calibration, needs, device, only_layers=_consumers(adapter, spec)) if needs
               else ((i, b, None, None) for i, b in enumerate(adapter.blocks)))
     for i, block, _, stats in source:
         for kind in spec.kinds:  # heads before channels: attention runs first in the block
