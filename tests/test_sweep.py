@@ -333,3 +333,15 @@ def test_sweep_with_speed_stores_the_figures_and_the_report_shows_them(workdir, 
     ideal = dense["costs"]["decode_bytes_per_token"] / pruned["costs"]["decode_bytes_per_token"]
     assert f"x / {ideal:.3f}x" in md
     assert "quality_vs_speed" in md and "<svg" in files["html"].read_text()
+
+
+def test_sweep_flags_reach_the_evaluation_protocol():
+    from prunelab.bench.sweep import sweep_config_from_dict
+    from prunelab.cli import _sweep_settings, build_parser
+
+    args = build_parser().parse_args(["sweep", "--methods", "wanda", "--levels", "0.5", "--eval-windows", "4",
+                                      "--eval-batch-size", "8", "--store", "s.db"])
+    protocol = sweep_config_from_dict(_sweep_settings(args)).evaluation
+    assert (protocol.windows, protocol.batch_size) == (4, 8)
+    default = build_parser().parse_args(["sweep", "--methods", "wanda", "--store", "s.db"])
+    assert sweep_config_from_dict(_sweep_settings(default)).evaluation.batch_size == 1  # identities stay as they were
