@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 PROTOCOL = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seeds", "0",
-            "--eval", "wikitext2", "--eval-seqlen", "512", "--eval-windows", "128"]
+            "--eval", "wikitext2", "--eval-seqlen", "512", "--eval-windows", "128", "--eval-batch-size", "8"]
 SETTINGS = ("0.50", "0.60", "0.70", "2:4")
 
 # Seed 002, Table 4 (and Table 3's bias indicator): idea -> (prunelab method spec, note)
