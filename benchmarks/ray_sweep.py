@@ -19,8 +19,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP = ["--methods", "wanda,sparsegpt", "--levels", "0.5,0.7", "--calib", "c4", "--calib-samples", "32",
-         "--calib-seqlen", "512", "--eval", "wikitext2", "--eval-seqlen", "512", "--eval-windows", "32", "--eval-batch-size", "8",
-         "--device", "cpu", "--quiet"]
+         "--calib-seqlen", "512", "--eval", "wikitext2", "--eval-seqlen", "512", "--eval-windows", "32",
+         "--eval-batch-size", "8", "--device", "cpu", "--quiet"]
 
 
 def loadavg() -> str:
