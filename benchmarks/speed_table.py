@@ -4,7 +4,8 @@ Each row is one ``prunelab speed MODEL --baseline smollm2-135m`` invocation at t
 batch 1, prompt 512, 128 new tokens, 5 repeats after a warm-up, each model in its own process), so every row has
 its own dense baseline measured next to it. The pruned models are made first (SparseGPT 50% and 2:4, calibration
 64 x 512 of C4, seed 0, as benchmarks/core_methods.py; structured rows only when ``prunelab prune`` has
-``--structure``). Rows are kept as JSON files under --work; a rerun skips finished ones.
+``--structure``). Rows are kept as JSON files under --work; a rerun skips finished ones, and rows not measured in this --work
+keep their figures from the results file.
 
     flock /tmp/prunelab-heavy.lock python benchmarks/speed_table.py [--work /work/runs-formats/speed]
 """
@@ -25,6 +26,10 @@ MODELS = {
     "sparsegpt-2of4": ["--method", "sparsegpt", "--pattern", "2:4"],
     "structured-30": ["--method", "{structured_method}", "--structure", "channels,heads", "--sparsity", "0.3"],
     "structured-50": ["--method", "{structured_method}", "--structure", "channels,heads", "--sparsity", "0.5"],
+    "structured-30-r64": ["--method", "{structured_method}", "--structure", "channels,heads", "--sparsity", "0.3",
+                          "--opt", "round_to=64"],
+    "structured-50-r64": ["--method", "{structured_method}", "--structure", "channels,heads", "--sparsity", "0.5",
+                          "--opt", "round_to=64"],
     "depth-4": ["--method", "{depth_method}", "--structure", "blocks", "--sparsity", "{depth4}"],
     "depth-8": ["--method", "{depth_method}", "--structure", "blocks", "--sparsity", "{depth8}"],
 }
@@ -38,10 +43,17 @@ ROWS = {
     "2:4 (csr)": ("sparsegpt-2of4", "csr"),
     "channels+heads 30%": ("structured-30", "dense"),
     "channels+heads 50%": ("structured-50", "dense"),
+    "channels+heads 30% (MLP width a multiple of 64)": ("structured-30-r64", "dense"),
+    "channels+heads 50% (MLP width a multiple of 64)": ("structured-50-r64", "dense"),
     "depth 4 blocks": ("depth-4", "dense"),
     "depth 8 blocks": ("depth-8", "dense"),
 }
 SETTINGS = ["--threads", "2", "--batch", "1", "--prompt-len", "512", "--new-tokens", "128", "--repeats", "5"]
+
+
+def row_file(rows_dir: Path, row: str) -> Path:
+    name = row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "").replace(")", "")
+    return rows_dir / (name.replace("+", "_") + ".json")
 
 
 def has_structure() -> bool:
@@ -87,8 +99,7 @@ def main(argv=None) -> int:
         if MODELS[model_name] and "--structure" in MODELS[model_name] and not structure:
             skipped.append(row)
             continue
-        target = rows_dir / (row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "")
-                                  .replace(")", "").replace("+", "_") + ".json")
+        target = row_file(rows_dir, row)
         if target.is_file():
             continue
         model = make_model(model_name, work, fill)
@@ -97,13 +108,15 @@ def main(argv=None) -> int:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         os.replace(str(target) + ".tmp", target)
-    results = {}
+    out = args.out + ("" if args.cache == "dynamic" else f"_{args.cache}")
+    earlier = json.loads(Path(out + ".json").read_text())["rows"] if Path(out + ".json").is_file() else {}
+    results = {}  # rows measured now (their files under --work), else as the results file had them
     for row in ROWS:
-        target = rows_dir / (row.replace(" ", "_").replace("%", "pct").replace(":", "of").replace("(", "")
-                                  .replace(")", "").replace("+", "_") + ".json")
+        target = row_file(rows_dir, row)
         if target.is_file():
             results[row] = json.loads(target.read_text())
-    out = args.out + ("" if args.cache == "dynamic" else f"_{args.cache}")
+        elif row in earlier:
+            results[row] = earlier[row]
     Path(out + ".json").write_text(json.dumps({"rows": results, "skipped": skipped}, indent=1))
     Path(out + ".md").write_text(render(results, skipped, args.cache))
     print(render(results, skipped, args.cache))
