@@ -29,6 +29,10 @@ def test_lowest_k_per_row_equals_stable_row_sort(k, kind):
     expected = torch.zeros_like(scores, dtype=torch.bool)
     expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], True)
     assert torch.equal(lowest_k_per_row_mask(scores, k), expected)
+    if 0 < k < 13:  # the GPU path (torch.kthvalue) finds the same thresholds and tied rows
+        import prunelab.patterns as patterns
+        for a, b in zip(patterns._at_most_kth_numpy(scores, k), patterns._at_most_kth_torch(scores, k)):
+            assert torch.equal(a, b)
     assert torch.equal(lowest_k_per_row_mask(scores.bfloat16(), k).sum(1), torch.full((9,), k))
 
 
