@@ -357,10 +357,13 @@ def _load_plugins(paths) -> None:
     """Register each plug-in (.py file, FILE.py:Class or module:Class) under its ``name``."""
     from .algorithms import available, register
     from .algorithms.base import _REGISTRY
-    from .gate.worker import load_plugin
 
     available()  # built-ins and entry points first
-    for path in paths or []:
+    if not paths:
+        return
+    from .gate.worker import load_plugin  # imports every family's model class: only when there are plug-ins
+
+    for path in paths:
         before = dict(_REGISTRY)
         cls = load_plugin(path)  # a plug-in may @register itself while loading
         name = getattr(cls, "name", None)
