@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-dtype", help="dtype of the block forwards and activations, e.g. bfloat16 (default: "
                    "--dtype); weights keep --dtype, statistics are accumulated in fp32")
     p.add_argument("--calib-batch-size", type=int, help="calibration sequences per block forward (default: about "
-                   "4096 tokens on CPU, 16384 on CUDA)")
+                   "512 tokens on CPU, 16384 on CUDA)")
     p.add_argument("--offload", choices=["auto", "disk", "none"], default="auto", help="disk: stream the model one "
                    "block at a time from its files and write pruned blocks to --out as they are done (for models "
                    "larger than memory); auto (default): disk when the weights exceed --offload-share of the "
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--eval-seqlen", type=int)
     w.add_argument("--eval-windows", type=int, help="only the first K windows")
     w.add_argument("--eval-batch-size", type=int, help="perplexity windows per forward (default 1; 8 at seqlen 512 "
-                   "is 2-3x faster on CPU and equal to ~1e-6; part of each run's identity)")
+                   "is 2-3x faster on busy CPUs, as fast on idle ones, equal to ~1e-6; part of each run's identity)")
     w.add_argument("--tasks", help="zero-shot tasks, comma list or 'all'")
     w.add_argument("--limit", type=int, help="first N items of each task")
     w.add_argument("--generate", action="store_true", default=None, help="record greedy samples of every model")

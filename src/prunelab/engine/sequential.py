@@ -217,9 +217,10 @@ def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: P
 
 
 # -- the traversal ---------------------------------------------------------------------------------------------
-# Sequences per block forward on a CPU: about this many tokens per batch (larger matmuls run faster; the
-# MLP intermediate of one batch stays small). On CUDA a batch holds more, since it is the only way to use the GPU.
-CPU_BATCH_TOKENS = 4096
+# Tokens per block forward. CPU: one sequence of 512+ tokens, as fast as 8 on idle cores
+# (benchmarks/calibration_batch.py) and it keeps the one-sequence results (batching flips near-tied masks by
+# rounding); on busy cores 8 run ~3x faster. CUDA: large batches are the only way to use the GPU.
+CPU_BATCH_TOKENS = 512
 CUDA_BATCH_TOKENS = 16384
 
 
@@ -228,7 +229,7 @@ class EngineOptions:
     """How the engine computes. Only ``batch_size`` and ``compute_dtype`` can change a result, through float
     rounding of the forward passes; where the activations live (device, host memory or disk) never does.
 
-    batch_size: calibration sequences per block forward (None: ~4096 tokens on CPU, ~16k on CUDA);
+    batch_size: calibration sequences per block forward (None: ~512 tokens on CPU, ~16k on CUDA);
     compute_dtype: dtype of the block forwards and of the activations between blocks (None: the model's). The
     weights the algorithms see and write stay in the model's dtype; statistics are accumulated in fp32;
     max_activation_memory: bytes of host memory the activations may take before they spill to a file
