@@ -94,13 +94,14 @@ def test_sweep_equals_independent_runs_and_resumes(workdir, tmp_path):
         result = prunelab.prune(model=str(workdir / "model"), method=method, sparsity=0.5, device="cpu",
                                 calibration=config.calibrations[0], progress=False)
         ppl = prunelab.evaluate(result.model, tokenizer=result.tokenizer, data=str(workdir / "corpus.txt"),
-                                seqlen=32, progress=False)["ppl"]
+                                seqlen=32, batch_size=config.evaluation.batch_size, progress=False)["ppl"]
         row = next(r for r in store.rows("done") if r["method"] == method)
         assert next(iter(row["metrics"]["perplexity"].values()))["ppl"] == ppl  # exactly, not approximately
         assert row["metrics"]["size"]["sparsity"] == pytest.approx(0.5)
         assert len(row["layers"]) == 14
     dense = next(r for r in store.rows("done") if r["method"] == "dense")
-    reference = prunelab.evaluate(str(workdir / "model"), data=str(workdir / "corpus.txt"), seqlen=32, progress=False)
+    reference = prunelab.evaluate(str(workdir / "model"), data=str(workdir / "corpus.txt"), seqlen=32,
+                                  batch_size=config.evaluation.batch_size, progress=False)  # the same computation
     assert next(iter(dense["metrics"]["perplexity"].values()))["ppl"] == reference["ppl"]
     # a second pass does nothing; a bigger sweep only runs what is new
     again = run_sweep(config, store, log=lambda *_: None)
