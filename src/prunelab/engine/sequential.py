@@ -328,7 +328,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     seen, so the rest of the block (the last projection, the residual add) is never computed for statistics.
     With ``needs`` empty every batch runs the whole block.
     """
-    layers = adapter.prunable_layers(runner)
+    modules = layers = adapter.prunable_layers(runner)
     n = activations.shape[0]
     seen: dict[str, torch.Tensor] = {}
     handles = [layer.register_forward_pre_hook(lambda m, args, n=name: seen.__setitem__(n, args[0]))
@@ -352,8 +352,8 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
             raise ValueError(f"no prunable layers {sorted(unknown)} in this block; it has {sorted(layers)}")
         layers = {name: layers[name] for name in order if name in wanted}
         order = list(layers)
-    accumulators = {leaders[name]: None for name in order}
-    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device) for name in accumulators}
+    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device)
+                    for name in dict.fromkeys(leaders[layer] for layer in order)}
     started = time.perf_counter()
     for name, acc in accumulators.items():
         acc.add(seen[name])
@@ -370,7 +370,6 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     def stop(_module, _args):
         raise _StopForward
 
-    modules = adapter.prunable_layers(runner)
     handles = [modules[name].register_forward_pre_hook(accumulate(acc)) for name, acc in accumulators.items()]
     if needs:  # with nothing to accumulate the pass runs whole (callers may hook the block's output)
         handles.append(modules[order[-1]].register_forward_pre_hook(stop))

@@ -17,8 +17,8 @@ BATCH_LOGIT_BYTES = 2 ** 30  # ... and at most this much fp32 logits
 
 
 def auto_batch_size(seqlen: int, vocab_size: int) -> int:
-    """Windows per forward: ~4k tokens (one 512-token window per forward runs the matmuls at a fraction of their
-    speed on CPU: 2-3x slower on 2 busy cores), fewer where the fp32 logits would pass 1 GiB."""
+    """Windows per forward: ~4k tokens (as fast as one 512-token window per forward on idle CPUs, 2-3x faster on
+    busy ones), fewer where the fp32 logits would pass 1 GiB."""
     return max(1, min(BATCH_TOKENS // seqlen, BATCH_LOGIT_BYTES // (seqlen * vocab_size * 4)))
 
 
