@@ -160,6 +160,13 @@ def render(data: dict, name: str) -> str:
             cells = [fmt(rows.get(f"{m}@{lv}", {}).get("ppl"), ".2f") for lv in levels]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += acceptance(rows, methods, levels)
+    depth = [(k, v) for k, v in rows.items() if k != "dense" and v["structure"] == "blocks"]
+    if depth:
+        lines += ["## Depth (whole blocks removed): WikiText-2 perplexity", "",
+                  "| run | blocks removed | fraction removed | ppl |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['removed_blocks']} | {v['achieved']:.4f} | {v['ppl']:.2f} |" for k, v in depth]
+        lines.append("")
     lines += ["## Every run", "", "| run | structure | target | achieved | params (M) | ppl | mean rec. error "
               "(before refit) | prune s | loadavg start/end |", "|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
@@ -177,6 +184,30 @@ def render(data: dict, name: str) -> str:
     lines += ["", f"Reproduce: `python benchmarks/structured.py --name {name}{how}` "
               f"({data['meta']['date']}, torch {data['meta']['versions']['torch']}).", ""]
     return "\n".join(lines)
+
+
+def acceptance(rows: dict, methods: list[str], levels: list[str]) -> list[str]:
+    """Issue 15's criteria, computed from the rows: --refit improves every criterion; the best structured method
+    vs flap (>= 15% lower at 20%, >= 25% lower at 50%)."""
+    ppl = lambda label: rows.get(label, {}).get("ppl")  # noqa: E731
+    lines = ["Refit: perplexity with `--refit` / without, per criterion and level (< 1 = refit improves).", "",
+             "| criterion | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+    for m in [m for m in methods if "+" not in m]:
+        cells = []
+        for lv in levels:
+            alone, refit = ppl(f"{m}@{lv}"), ppl(f"{m}+refit@{lv}")
+            cells.append("-" if None in (alone, refit) else f"{refit / alone:.4f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Best method vs flap (target: >= 15% lower at 0.2, >= 25% lower at 0.5).", "",
+              "| level | flap | best | best ppl | lower than flap by |", "|---|---|---|---|---|"]
+    for lv in levels:
+        found = {m: ppl(f"{m}@{lv}") for m in methods if ppl(f"{m}@{lv}") is not None}
+        if "flap" not in found:
+            continue
+        best = min(found, key=found.get)
+        lines.append(f"| {lv} | {found['flap']:.2f} | {best} | {found[best]:.2f} | "
+                     f"{1 - found[best] / found['flap']:.1%} |")
+    return lines + [""]
 
 
 if __name__ == "__main__":
