@@ -152,7 +152,8 @@ def render(data: dict, name: str) -> str:
              "Level = fraction of the decoder blocks' parameters removed (target; achieved in its own column).", ""]
     widths = [(k, v) for k, v in rows.items() if k != "dense" and v["structure"] != "blocks"]
     levels = sorted({k.split("@")[1] for k, _ in widths})
-    methods = list(dict.fromkeys(k.split("@")[0] for k, _ in widths))
+    rank = {f"{c}{step}": i for i, (c, step) in enumerate((c, s) for c in CRITERIA for s in ("", "+refit"))}
+    methods = sorted(dict.fromkeys(k.split("@")[0] for k, _ in widths), key=lambda m: rank.get(m, len(rank)))
     if widths:
         lines += ["## Channels and heads: WikiText-2 perplexity", "",
                   "| method | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
