@@ -152,8 +152,9 @@ def render(data: dict, name: str) -> str:
              "Level = fraction of the decoder blocks' parameters removed (target; achieved in its own column).", ""]
     widths = [(k, v) for k, v in rows.items() if k != "dense" and v["structure"] != "blocks"]
     levels = sorted({k.split("@")[1] for k, _ in widths})
-    rank = {f"{c}{step}": i for i, (c, step) in enumerate((c, s) for c in CRITERIA for s in ("", "+refit"))}
-    methods = sorted(dict.fromkeys(k.split("@")[0] for k, _ in widths), key=lambda m: rank.get(m, len(rank)))
+    order = [f"{c}{step}" for c in CRITERIA for step in ("", "+refit")]
+    methods = sorted(dict.fromkeys(k.split("@")[0] for k, _ in widths),
+                     key=lambda m: order.index(m) if m in order else len(order))
     if widths:
         lines += ["## Channels and heads: WikiText-2 perplexity", "",
                   "| method | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
@@ -202,7 +203,7 @@ def acceptance(rows: dict, methods: list[str], levels: list[str]) -> list[str]:
     lines += ["", "Best method vs flap (target: >= 15% lower at 0.2, >= 25% lower at 0.5).", "",
               "| level | flap | best | best ppl | lower than flap by |", "|---|---|---|---|---|"]
     for lv in levels:
-        found = {m: ppl(f"{m}@{lv}") for m in methods if ppl(f"{m}@{lv}") is not None}
+        found = {m: value for m in methods if (value := ppl(f"{m}@{lv}")) is not None}
         if "flap" not in found:
             continue
         best = min(found, key=found.get)
