@@ -154,7 +154,7 @@ def markdown(results: dict, args) -> str:
              f"per optimizer step); full fine-tuning lr {args.lr}, LoRA r={args.lora} lr {args.lora_lr}; iterative "
              f"runs: {args.iter_steps} pruning steps, the budget split evenly over them. Evaluation: "
              f"{meta['eval']}; zero-shot: the 9 tasks, first {args.limit} items each. Dense: "
-             f"{fmt(results.get('dense', {}).get('wikitext2_ppl'), '.2f')} WikiText-2 ppl.", "",
+             f"{fmt((results.get('dense') or {}).get('wikitext2_ppl'), '.2f')} WikiText-2 ppl.", "",
              "| row | how | WikiText-2 ppl | LAMBADA acc | LAMBADA ppl | zero-shot mean acc | sparsity (exact) | "
              "train tokens | train CPU min | tokens/s | peak RSS MB | held-out C4 loss start → end |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -178,7 +178,8 @@ def markdown(results: dict, args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=24576, help="fine-tuning tokens per row (default 24576)")
+    parser.add_argument("--tokens", type=int, default=65536,
+                        help="fine-tuning tokens per row (default 65536: about 30 CPU minutes of full fine-tuning here)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora", type=int, default=16)
@@ -187,7 +188,7 @@ def main() -> int:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--iter-steps", type=int, default=4)
     parser.add_argument("--heldout-windows", type=int, default=8, help="held-out C4 windows per validation")
-    parser.add_argument("--limit", type=int, default=300, help="zero-shot items per task")
+    parser.add_argument("--limit", type=int, default=100, help="zero-shot items per task")
     parser.add_argument("--work", default="runs/finetune_recovery", help="models and evaluations of every row")
     parser.add_argument("--name", default="finetune_recovery")
     parser.add_argument("--lock", help="hold this lock file while a row runs (e.g. /tmp/prunelab-heavy.lock)")
@@ -203,30 +204,48 @@ def main() -> int:
     results["settings"] = settings
     from prunelab.record import host_description, package_versions
     results["meta"] = {"eval": "WikiText-2 test, seqlen 512, first 128 windows", "calibration": "c4 64 x 512 seed 0",
-                       "host": host_description(), "versions": package_versions(), "argv": sys.argv[1:]}
+                       "host": host_description(), "versions": package_versions(),
+                       "argv": [a for i, a in enumerate(sys.argv[1:])  # without --only: the command that makes the table
+                                if not (a.startswith("--only") or sys.argv[i] == "--only")]}
     bench = Bench(args)
-    done = {r["row"] for r in results["rows"]}
+
+    @contextmanager
+    def synced():
+        """Hold the results file's lock and take in rows other runners wrote since (runners with disjoint --only
+        lists may share one results file)."""
+        with open(out.with_suffix(".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            on_disk = json.loads(out.read_text()) if out.exists() else {"rows": []}
+            ours = {r["row"] for r in results["rows"]}
+            results["rows"] += [r for r in on_disk["rows"] if r["row"] not in ours]
+            results["dense"] = results.get("dense") or on_disk.get("dense")
+            yield
 
     def save():
         out.write_text(json.dumps(results, indent=2) + "\n")
         (RESULTS / f"{args.name}.md").write_text(markdown(results, args))
 
+    def finished(name: str) -> dict | None:
+        with synced():
+            return results.get("dense") if name == "dense" else next(
+                (r for r in results["rows"] if r["row"] == name), None)
+
     def do(name: str, make) -> dict | None:
         if args.only and name not in args.only.split(","):
-            return None
-        if name in done or (name == "dense" and results.get("dense")):
-            return next((r for r in results["rows"] if r["row"] == name), results.get("dense"))
+            return finished(name)
+        if (row := finished(name)) is not None:
+            return row
         with held(args.lock):
             start, load = time.time(), loadavg()
             model, info = make()
             row = summarize(name, info, model, bench.evaluate(model, name))
             row.update({"row_wall_seconds": time.time() - start, "loadavg_row_start_end": [load, loadavg()]})
-        if name == "dense":
-            results["dense"] = row
-        else:
-            results["rows"].append(row)
-            done.add(name)
-        save()
+        with synced():
+            if name == "dense":
+                results["dense"] = row
+            else:
+                results["rows"].append(row)
+            save()
         print(json.dumps({k: row.get(k) for k in ("row", "wikitext2_ppl", "sparsity_measured", "lambada_acc",
                                                    "zeroshot_mean_acc", "train_cpu_minutes")}), flush=True)
         return row
@@ -247,7 +266,8 @@ def main() -> int:
             if name.startswith("oneshot"):
                 do(name.rsplit("-", 1)[0], lambda n=name.rsplit("-", 1)[0]: bench.row(n))  # 70% without fine-tuning
             do(name, lambda name=name: bench.row(name))
-    save()
+    with synced():
+        save()
     return 0
 
 
