@@ -117,6 +117,12 @@ class Bench:
         return json.loads(path.read_text())
 
 
+def command_line(argv: list[str]) -> list[str]:
+    """The arguments that decide the table: without --only, --work and --lock (which rows, where, which lock)."""
+    local = ("--only", "--work", "--lock")
+    return [a for i, a in enumerate(argv) if not (a.startswith(local) or (i and argv[i - 1] in local))]
+
+
 def summarize(name: str, info: dict, model: Path, result: dict) -> dict:
     record = json.loads((model / "prunelab.json").read_text()) if (model / "prunelab.json").is_file() else {}
     ft = record.get("finetune") or {}
@@ -145,6 +151,27 @@ def summarize(name: str, info: dict, model: Path, result: dict) -> dict:
     return row
 
 
+def targets(results: dict) -> list[str]:
+    """Issue 18's two targets, judged from the rows that exist (a missing row leaves its target open)."""
+    ppl = {r["row"]: r["wikitext2_ppl"] for r in results["rows"]}
+    dense = (results.get("dense") or {}).get("wikitext2_ppl")
+    iterative = {n: v for n, v in ppl.items() if n.startswith("iter-magnitude-0.5-")}
+    lora = {n: v for n, v in ppl.items() if n.startswith("oneshot-sparsegpt-0.5-lora")}
+    checks = []
+    if iterative and "oneshot-sparsegpt-0.5" in ppl:
+        best = min(iterative, key=iterative.get)
+        bar = ppl["oneshot-sparsegpt-0.5"]
+        checks.append(f"| iterative magnitude 50% + fine-tuning < one-shot SparseGPT 50% | {best}: {iterative[best]:.2f} "
+                      f"| < {bar:.2f} | {'yes' if iterative[best] < bar else 'NO'} |")
+    if lora and dense:
+        best = min(lora, key=lora.get)
+        checks.append(f"| SparseGPT 50% + LoRA <= 1.5 x dense | {best}: {lora[best]:.2f} | <= {1.5 * dense:.2f} | "
+                      f"{'yes' if lora[best] <= 1.5 * dense else 'NO'} |")
+    if not checks:
+        return []
+    return ["", "| target | best row | bound | met |", "|---|---|---|---|", *checks]
+
+
 def markdown(results: dict, args) -> str:
     rows = results["rows"]
     meta = results["meta"]
@@ -169,6 +196,7 @@ def markdown(results: dict, args) -> str:
                      f"{fmt(r.get('sparsity_measured'), '.6f')} | {fmt(r.get('tokens'), ',')} | "
                      f"{fmt(r.get('train_cpu_minutes'), '.1f')} | {fmt(r.get('tokens_per_second'), '.0f')} | "
                      f"{fmt(r.get('peak_rss_mb'), '.0f')} | {held} |")
+    lines += targets(results)
     lines += ["", f"Host: {meta['host']['cpu_count']} CPUs, torch {meta['versions']['torch']}; timings were taken on a "
               "machine shared with other jobs (load averages per row in the JSON), so CPU minutes and tokens/s are "
               "upper and lower bounds of a quiet machine's.", "",
@@ -205,8 +233,7 @@ def main() -> int:
     from prunelab.record import host_description, package_versions
     results["meta"] = {"eval": "WikiText-2 test, seqlen 512, first 128 windows", "calibration": "c4 64 x 512 seed 0",
                        "host": host_description(), "versions": package_versions(),
-                       "argv": [a for i, a in enumerate(sys.argv[1:])  # without --only: the command that makes the table
-                                if not (a.startswith("--only") or sys.argv[i] == "--only")]}
+                       "argv": command_line(sys.argv[1:])}
     bench = Bench(args)
 
     @contextmanager
