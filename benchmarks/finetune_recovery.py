@@ -268,9 +268,7 @@ def main() -> int:
                 (r for r in results["rows"] if r["row"] == name), None)
 
     def do(name: str, make) -> dict | None:
-        if args.only and name not in args.only.split(","):
-            return finished(name)
-        if (row := finished(name)) is not None:
+        if (row := finished(name)) is not None or (args.only and name not in args.only.split(",")):
             return row
         with held(args.lock):
             start, load = time.time(), loadavg()
@@ -288,12 +286,11 @@ def main() -> int:
         return row
 
     do("dense", lambda: (Path("smollm2-135m"), {"how": "dense"}))
-    names = ROWS_AT_50
-    for name in names:
+    for name in ROWS_AT_50:
         do(name, lambda name=name: bench.row(name))
     # the best two fine-tuned configurations at 50%, by held-out C4 loss (not the test set), again at 70%
-    tuned = [r for r in results["rows"] if r["row"] in names and r.get("heldout_loss_end") is not None]
-    if len(tuned) == len([n for n in names if not n.endswith(("0.5", "lora_masked"))]):
+    tuned = [r for r in results["rows"] if r["row"] in ROWS_AT_50 and r.get("heldout_loss_end") is not None]
+    if len(tuned) == len([n for n in ROWS_AT_50 if not n.endswith(("0.5", "lora_masked"))]):
         best = sorted(tuned, key=lambda r: r["heldout_loss_end"])[:2]
         results["best_two_at_50"] = [r["row"] for r in best]
         for r in best:
