@@ -130,6 +130,24 @@ def test_later_blocks_are_calibrated_on_outputs_of_pruned_earlier_blocks():
     assert RecordingMagnitude.seen[k1].hessian is stats.hessian
 
 
+def test_wide_inputs_accumulate_the_hessian_by_panels_and_stay_exactly_symmetric():
+    from prunelab.stats import StatsAccumulator
+
+    # 1100 inputs = three row panels; batches of 2 sequences, and a result read between batches
+    torch.manual_seed(0)
+    batches = [torch.randn(2, 7, 1100) for _ in range(3)]
+    acc = StatsAccumulator(1100, frozenset({"hessian"}), "cpu")
+    acc.add(batches[0])
+    acc.result()
+    for x in batches[1:]:
+        acc.add(x)
+    hessian = acc.result().hessian
+    x = torch.cat([b.reshape(-1, 1100) for b in batches])
+    assert torch.equal(hessian, hessian.T)
+    assert_fp32_sums_close(hessian, x, x)
+    assert torch.equal(acc.result().column_sq_norm(), torch.diagonal(hessian))
+
+
 def test_calibrated_method_without_calibration_is_refused():
     with pytest.raises(ValueError, match="needs calibration token ids"):
         prune_model(tiny_model("llama"), get_algorithm("wanda"), Pattern(0.5), None, progress=False)

@@ -30,6 +30,7 @@ class StatKind:
     fold: Callable | None = None  # gradients: g (out x in, one sequence) -> tensor to sum
     read: Callable | None = None  # layer: module -> tensor or None
     covered_by: str | None = None  # another kind that already provides it (sq_norm = diag of the hessian)
+    finish: Callable | None = None  # inputs: (state) -> None, in place, before results are read (idempotent)
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -133,9 +134,25 @@ def _add_sq_norm(state, x):
     state["sq_norm"].add_((x * x).sum(dim=(0, 1)))
 
 
+def _panels(n: int, width: int = 512) -> list[tuple[int, int]]:
+    count = max(1, -(-n // width))
+    edges = [i * n // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def _add_hessian(state, x):
+    # XᵀX is symmetric: accumulate only the row panels' diagonal-and-right parts (about half the FLOPs for wide
+    # inputs; each element is the same dot product as in the full product), the lower part is filled in by finish.
     flat = x.reshape(-1, x.shape[-1])
-    state["hessian"].addmm_(flat.t(), flat)
+    hessian = state["hessian"]
+    for lo, hi in _panels(flat.shape[1]):
+        hessian[lo:hi, lo:].addmm_(flat[:, lo:hi].t(), flat[:, lo:])
+
+
+def _finish_hessian(state):
+    hessian = state["hessian"]
+    for lo, hi in _panels(hessian.shape[0]):
+        hessian[hi:, lo:hi] = hessian[lo:hi, hi:].t()
 
 
 def _add_mean(state, x):
@@ -147,7 +164,8 @@ register_stat(StatKind("sq_norm", "inputs", "Σ_t x_j² per input column (Wanda'
                        start=lambda n, d: {"sq_norm": torch.zeros(n, device=d)}, add=_add_sq_norm,
                        covered_by="hessian"))
 register_stat(StatKind("hessian", "inputs", "XᵀX over all calibration tokens",
-                       start=lambda n, d: {"hessian": torch.zeros(n, n, device=d)}, add=_add_hessian))
+                       start=lambda n, d: {"hessian": torch.zeros(n, n, device=d)}, add=_add_hessian,
+                       finish=_finish_hessian))
 register_stat(StatKind("mean", "inputs", "Σ_t x_j and the within-sequence Σ_s (Σ_{t∈s} x_j)² / n_s",
                        start=lambda n, d: {"mean_sum": torch.zeros(n, device=d), "seq_sum_sq": torch.zeros(n, device=d)},
                        add=_add_mean))
@@ -184,6 +202,9 @@ class StatsAccumulator:
             kind.add(self.state, x)
 
     def result(self) -> LayerStats:
+        for kind in self.kinds:
+            if kind.finish is not None:
+                kind.finish(self.state)
         fields = {k: v for k, v in self.state.items() if k in _FIELDS}
         extra = {k: v for k, v in self.state.items() if k not in _FIELDS}
         return LayerStats(self.n_tokens, n_samples=self.n_samples, extra=extra, **fields)
