@@ -122,6 +122,22 @@ def test_sparsegpt_matches_slow_reference(pattern, blocksize):
         assert int((out == 0).sum()) == sum(int(width * 20 * pattern.sparsity) for width in widths)
 
 
+def test_sparsegpt_factor_is_shared_by_layers_of_one_hessian_and_recomputed_when_it_changes():
+    from prunelab.algorithms.sparsegpt import damped_inverse_cholesky, shared_inverse_cholesky
+
+    x = correlated_inputs()
+    h = x.T @ x
+    first = shared_inverse_cholesky(h, 0.01)
+    assert shared_inverse_cholesky(h, 0.01) is first  # q/k/v hand the same tensor: factorised once
+    h.mul_(3.0)  # changed in place: the cached factor must not be reused
+    again = shared_inverse_cholesky(h, 0.01)
+    torch.testing.assert_close(again[0], damped_inverse_cholesky(h, 0.01)[0], rtol=0, atol=0)
+    torch.testing.assert_close(again[0], first[0] / 3 ** 0.5, rtol=1e-5, atol=1e-6)
+    assert shared_inverse_cholesky(h, 0.02) is not again
+    copy = h.clone()  # equal values, another tensor: factorised afresh, same result
+    assert shared_inverse_cholesky(copy, 0.01) is not again
+
+
 def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():
     x = correlated_inputs(features=96)
     stats = stats_for(x)

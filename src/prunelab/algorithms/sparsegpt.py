@@ -8,6 +8,7 @@ block are applied column by column; updates to later blocks are batched ("lazy")
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,19 @@ def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[to
     return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1).float(), dead
 
 
+_last_factor: dict = {}
+
+
+def shared_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``damped_inverse_cholesky``, computed once for layers fed the same Hessian tensor (q/k/v, gate/up share one):
+    the last result is reused while it is the same, unmodified tensor with the same dampening."""
+    key = (hessian._version, dampening, hessian.data_ptr())
+    ref = _last_factor.get("hessian")
+    if ref is None or ref() is not hessian or _last_factor["key"] != key:
+        _last_factor.update(hessian=weakref.ref(hessian), key=key, value=damped_inverse_cholesky(hessian, dampening))
+    return _last_factor["value"]
+
+
 def _saliency(w: torch.Tensor, d: torch.Tensor, forced: torch.Tensor | None) -> torch.Tensor:
     """OBS saliency w² / [H⁻¹]_qq²; weights that must be pruned get -inf so every selection takes them first."""
     saliency = w ** 2 / d[None, :] ** 2
@@ -55,7 +69,7 @@ class SparseGPT(PruningAlgorithm):
 
     def prune(self, weight: torch.Tensor, stats, pattern: Pattern, prior: torch.Tensor | None = None) -> torch.Tensor:
         """``prior``: weights already pruned, kept pruned (their saliency is -inf, so they are chosen first)."""
-        hinv, dead = damped_inverse_cholesky(stats.require_hessian(), self.dampening)
+        hinv, dead = shared_inverse_cholesky(stats.require_hessian(), self.dampening)
         w = weight.float().clone()
         w[:, dead] = 0.0
         rows, cols = w.shape
@@ -75,7 +89,8 @@ class SparseGPT(PruningAlgorithm):
                 pruned = lowest_k_mask(_saliency(w_block, d, forced), int(w_block.numel() * pattern.sparsity))
             if forced is not None:
                 pruned |= forced
-            errors = torch.zeros_like(w_block)
+            errors = torch.empty_like(w_block)
+            chosen = pruned.float()  # 1 where pruned: w · 1 / d is the pruned entry's error, w · 0 = 0 a kept one's
             for i in range(end - start):
                 if pattern.is_nm and i % pattern.m == 0:
                     # N:M groups are chosen on the weights as updated so far, like the adaptive block mask.
@@ -84,11 +99,12 @@ class SparseGPT(PruningAlgorithm):
                     pruned[:, i:i + pattern.m] = nm_mask(group, pattern.n, pattern.m)
                     if group_forced is not None:
                         pruned[:, i:i + pattern.m] |= group_forced
-                err = w_block[:, i].masked_fill(~pruned[:, i], 0.0).div_(d[i])
-                # Removing column i's pruned entries shifts the rest of the block along row i of the factor.
-                w_block[:, i:].addr_(err, h_block[i, i:], alpha=-1.0)
-                w_block[:, i].masked_fill_(pruned[:, i], 0.0)
-                errors[:, i] = err
+                    chosen[:, i:i + pattern.m] = pruned[:, i:i + pattern.m].float()
+                err = torch.mul(w_block[:, i], chosen[:, i], out=errors[:, i]).div_(d[i])
+                # Removing column i's pruned entries shifts the later columns of the block along row i of the
+                # factor (column i itself is final: its pruned entries are zeroed below, its kept ones unchanged).
+                w_block[:, i + 1:].addr_(err, h_block[i, i + 1:], alpha=-1.0)
+            w_block.masked_fill_(pruned, 0.0)
             w[:, start:end] = w_block
             w[:, end:].sub_(errors @ hinv[start:end, end:])
         return w
