@@ -70,41 +70,42 @@ class SparseGPT(PruningAlgorithm):
     def prune(self, weight: torch.Tensor, stats, pattern: Pattern, prior: torch.Tensor | None = None) -> torch.Tensor:
         """``prior``: weights already pruned, kept pruned (their saliency is -inf, so they are chosen first)."""
         hinv, dead = shared_inverse_cholesky(stats.require_hessian(), self.dampening)
-        w = weight.float().clone()
-        w[:, dead] = 0.0
-        rows, cols = w.shape
+        # Work on Wᵀ: each column of W is then one contiguous row, and the per-column rank-1 updates below run
+        # about 2x faster than on column slices of W (they dominate the solve).
+        wt = weight.float().t().contiguous()
+        wt[dead] = 0.0
+        cols = wt.shape[0]
         if pattern.is_nm and self.blocksize % pattern.m:
             raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={pattern.m}")
         for start in range(0, cols, self.blocksize):
             end = min(start + self.blocksize, cols)
-            w_block = w[:, start:end].clone()
+            block = wt[start:end]  # a view: updated in place; block.t() is W[:, start:end]
             h_block = hinv[start:end, start:end]
             d = torch.diagonal(h_block)
             forced = None if prior is None else prior[:, start:end]
             if pattern.is_nm:
-                pruned = torch.zeros_like(w_block, dtype=torch.bool)  # chosen group by group below
+                pruned = torch.zeros(block.shape[::-1], dtype=torch.bool, device=block.device)  # group by group below
             elif pattern.scope == "row":
-                pruned = lowest_k_per_row_mask(_saliency(w_block, d, forced), int((end - start) * pattern.sparsity))
+                pruned = lowest_k_per_row_mask(_saliency(block.t(), d, forced), int((end - start) * pattern.sparsity))
             else:
-                pruned = lowest_k_mask(_saliency(w_block, d, forced), int(w_block.numel() * pattern.sparsity))
+                pruned = lowest_k_mask(_saliency(block.t(), d, forced), int(block.numel() * pattern.sparsity))
             if forced is not None:
                 pruned |= forced
-            errors = torch.empty_like(w_block)
-            chosen = pruned.float()  # 1 where pruned: w · 1 / d is the pruned entry's error, w · 0 = 0 a kept one's
+            errors = torch.empty_like(block)
+            chosen = pruned.t().float().contiguous()  # 1 where pruned: w·1/d is a pruned entry's error, w·0 = 0
             for i in range(end - start):
                 if pattern.is_nm and i % pattern.m == 0:
                     # N:M groups are chosen on the weights as updated so far, like the adaptive block mask.
                     group_forced = None if forced is None else forced[:, i:i + pattern.m]
-                    group = _saliency(w_block[:, i:i + pattern.m], d[i:i + pattern.m], group_forced)
+                    group = _saliency(block[i:i + pattern.m].t(), d[i:i + pattern.m], group_forced)
                     pruned[:, i:i + pattern.m] = nm_mask(group, pattern.n, pattern.m)
                     if group_forced is not None:
                         pruned[:, i:i + pattern.m] |= group_forced
-                    chosen[:, i:i + pattern.m] = pruned[:, i:i + pattern.m].float()
-                err = torch.mul(w_block[:, i], chosen[:, i], out=errors[:, i]).div_(d[i])
+                    chosen[i:i + pattern.m] = pruned[:, i:i + pattern.m].t()
+                err = torch.mul(block[i], chosen[i], out=errors[i]).div_(d[i])
                 # Removing column i's pruned entries shifts the later columns of the block along row i of the
                 # factor (column i itself is final: its pruned entries are zeroed below, its kept ones unchanged).
-                w_block[:, i + 1:].addr_(err, h_block[i, i + 1:], alpha=-1.0)
-            w_block.masked_fill_(pruned, 0.0)
-            w[:, start:end] = w_block
-            w[:, end:].sub_(errors @ hinv[start:end, end:])
-        return w
+                block[i + 1:].addr_(h_block[i, i + 1:], err, alpha=-1.0)
+            block.masked_fill_(pruned.t(), 0.0)
+            wt[end:].addmm_(hinv[start:end, end:].t(), errors, alpha=-1.0)  # the lazy update of later blocks
+        return wt.t().contiguous()
