@@ -125,6 +125,16 @@ def main() -> int:
         ("SparseGPT bf16 compute time vs llm-compressor's fp32", ratio(get("ours-sparsegpt-bf16", "tool_seconds"),
                                                                       get("llmc-sparsegpt", "tool_seconds")), 0.4),
     ]
+    phases = [(r["run"], r["engine"]) for r in rows.values() if r.get("engine")]
+    if phases:  # prunelab's own phase timers (stats_accumulate is part of stats_forward)
+        lines += ["", "Where prunelab's time goes (engine phase timers, seconds; XᵀX/statistics accumulation is inside "
+                  "the stats forwards):", "", "| run | calibration batch | stats forwards | of which accumulation | "
+                  "solve | output forwards |", "|---|---|---|---|---|---|"]
+        for name, engine in phases:
+            sec = engine.get("seconds", {})
+            lines.append(f"| {name} | {engine.get('batch_size')} | {sec.get('stats_forward', 0):.1f} | "
+                         f"{sec.get('stats_accumulate', 0):.1f} | {sec.get('solve', 0):.1f} | "
+                         f"{sec.get('output_forward', 0):.1f} |")
     lines += ["", "| target | measured ratio | target | met |", "|---|---|---|---|"]
     for label, value, target in checks:
         lines.append(f"| {label} | {'-' if value is None else f'{value:.3f}'} | <= {target} | "
