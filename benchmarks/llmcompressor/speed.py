@@ -32,6 +32,8 @@ RUNS = {  # name -> (tool, method, extra prunelab flags)
     "ours-wanda": ("prunelab", "wanda", []),
     "llmc-wanda": ("llmc", "wanda", []),
     "ours-sparsegpt-bf16": ("prunelab", "sparsegpt", ["--compute-dtype", "bfloat16"]),
+    "ours-sparsegpt-b8": ("prunelab", "sparsegpt", ["--calib-batch-size", "8"]),  # 8 sequences per block forward
+    "ours-wanda-b8": ("prunelab", "wanda", ["--calib-batch-size", "8"]),
 }
 
 
