@@ -136,6 +136,10 @@ def test_sparsegpt_factor_is_shared_by_layers_of_one_hessian_and_recomputed_when
     assert shared_inverse_cholesky(h, 0.02) is not again
     copy = h.clone()  # equal values, another tensor: factorised afresh, same result
     assert shared_inverse_cholesky(copy, 0.01) is not again
+    import prunelab.algorithms.sparsegpt as sparsegpt
+
+    del copy  # the statistics are released: the factor goes with them
+    assert sparsegpt._last_factor == {}
 
 
 def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():

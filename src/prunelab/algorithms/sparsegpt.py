@@ -39,11 +39,14 @@ _last_factor: dict = {}
 
 def shared_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``damped_inverse_cholesky``, computed once for layers fed the same Hessian tensor (q/k/v, gate/up share one):
-    the last result is reused while it is the same, unmodified tensor with the same dampening."""
+    the last result is reused while it is the same, unmodified tensor with the same dampening, and dropped with the
+    tensor (so a large factor never outlives its block's statistics)."""
     key = (hessian._version, dampening, hessian.data_ptr())
     ref = _last_factor.get("hessian")
     if ref is None or ref() is not hessian or _last_factor["key"] != key:
-        _last_factor.update(hessian=weakref.ref(hessian), key=key, value=damped_inverse_cholesky(hessian, dampening))
+        _last_factor.clear()
+        _last_factor.update(hessian=weakref.ref(hessian, lambda _: _last_factor.clear()), key=key,
+                            value=damped_inverse_cholesky(hessian, dampening))
     return _last_factor["value"]
 
 
