@@ -54,35 +54,45 @@ def main() -> int:
     parser.add_argument("--max-activation-memory", help="also spill the activations to disk in the streamed run")
     args = parser.parse_args()
     extra = ["--max-activation-memory", args.max_activation_memory] if args.max_activation_memory else []
-    rows = []
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "streaming_parity.json"
+    # rows of other methods (or activation settings) measured earlier are kept; each finished method is saved
+    rows = json.loads(path.read_text()) if path.is_file() else []
     work = Path(tempfile.mkdtemp(prefix="prunelab-parity-"))
     try:
         for method in args.methods.split(","):
             memory = prune(method, "none", work / f"{method}-mem", [])
             streamed = prune(method, "disk", work / f"{method}-disk", extra)
-            rows.append({"method": method, "in_memory": memory, "streamed": streamed,
-                         "comparison": compare(work / f"{method}-mem", work / f"{method}-disk")})
-            print(json.dumps(rows[-1]), flush=True)
+            row = {"method": method, "max_activation_memory": args.max_activation_memory, "in_memory": memory,
+                   "streamed": streamed, "comparison": compare(work / f"{method}-mem", work / f"{method}-disk")}
+            key = (method, args.max_activation_memory)
+            rows = [r for r in rows if (r["method"], r.get("max_activation_memory")) != key]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            path.write_text(json.dumps(rows, indent=2) + "\n")
+            render(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streaming_parity.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def render(rows: list[dict]) -> None:
     lines = ["# Streaming vs in-memory on the embedded model (SmolLM2-135M, fp32; 64 x 512 C4 tokens)", "",
              "The streamed run reads the GGUF one block at a time (dequantizing each tensor) and writes each pruned "
-             "block to its own shard; the in-memory run loads the dequantized model. Every saved tensor compared.", "",
+             "block to its own shard; the in-memory run loads the dequantized model. Every saved tensor compared. "
+             "Each prune is its own process (max RSS from `/usr/bin/time -v`).", "",
              "| method | tensors | bit-identical | prune s (memory / streamed) | max RSS MiB (memory / streamed) | "
              "streamed activations |", "|---|---|---|---|---|---|"]
     for r in rows:
         m, s, c = r["in_memory"], r["streamed"], r["comparison"]
-        lines.append(f"| {r['method']} | {c['tensors']} | {'yes' if c['same_names'] and not c['different'] else 'NO: ' + ', '.join(c['different'][:3])} | "
-                     f"{m['prune_seconds']:.1f} / {s['prune_seconds']:.1f} | {m['max_rss_mib']:.0f} / {s['max_rss_mib']:.0f} | "
-                     f"{s['engine'].get('activations')} |")
-    lines += ["", "Load averages per run are in the JSON.", "",
-              "Reproduce: `python benchmarks/streaming_parity.py" + (f" --max-activation-memory {args.max_activation_memory}"
-                                                                       if args.max_activation_memory else "") + "`"]
+        same = "yes" if c["same_names"] and not c["different"] else "NO: " + ", ".join(c["different"][:3])
+        spill = f" (--max-activation-memory {r['max_activation_memory']})" if r.get("max_activation_memory") else ""
+        lines.append(f"| {r['method']} | {c['tensors']} | {same} | {m['prune_seconds']:.1f} / {s['prune_seconds']:.1f} | "
+                     f"{m['max_rss_mib']:.0f} / {s['max_rss_mib']:.0f} | {s['engine'].get('activations')}{spill} |")
+    lines += ["", "Load averages per run are in the JSON (times are comparable within a row only).", "",
+              "Reproduce: `python benchmarks/streaming_parity.py [--methods wanda,sparsegpt] [--max-activation-memory 64MB]`"]
     (RESULTS / "streaming_parity.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ same ids for both tools), WikiText-2 test perplexity at seqlen 512 over the firs
 for every output). Each prune is its own process under `/usr/bin/time -v` (wall time, maximum RSS); the tools'
 own timers are prunelab.json's prune_seconds and llm-compressor's seconds_oneshot (the oneshot call). The runs
 alternate tools so slow drift of the machine's load hits both; the load average is recorded around each.
+`ours-sparsegpt-stream` is the same prune streamed from the GGUF block by block (`--offload disk`, the path for
+models larger than memory): its own time and peak-RSS ratios, and its perplexity against the in-memory run's.
 
     bash benchmarks/llmcompressor/compare.sh   # once: llm-compressor's venv and the exported inputs in $WORK
     python benchmarks/llmcompressor/speed.py [--runs ours-sparsegpt,llmc-sparsegpt,...]
@@ -34,6 +36,8 @@ RUNS = {  # name -> (tool, method, extra prunelab flags)
     "ours-sparsegpt-bf16": ("prunelab", "sparsegpt", ["--compute-dtype", "bfloat16"]),
     "ours-sparsegpt-b8": ("prunelab", "sparsegpt", ["--calib-batch-size", "8"]),  # 8 sequences per block forward
     "ours-wanda-b8": ("prunelab", "wanda", ["--calib-batch-size", "8"]),
+    # streamed from the GGUF one block at a time, pruned blocks written as they are done (the large-model path)
+    "ours-sparsegpt-stream": ("prunelab", "sparsegpt", ["--offload", "disk"]),
 }
 
 
@@ -122,6 +126,10 @@ def main() -> int:
                                                                    get("llmc-sparsegpt", "tool_seconds")), 0.65),
         ("SparseGPT fp32 peak RSS vs llm-compressor", ratio(get("ours-sparsegpt", "max_rss_mib"),
                                                           get("llmc-sparsegpt", "max_rss_mib")), 0.8),
+        ("SparseGPT fp32 streamed (--offload disk) time vs llm-compressor",
+         ratio(get("ours-sparsegpt-stream", "tool_seconds"), get("llmc-sparsegpt", "tool_seconds")), 0.65),
+        ("SparseGPT fp32 streamed (--offload disk) peak RSS vs llm-compressor",
+         ratio(get("ours-sparsegpt-stream", "max_rss_mib"), get("llmc-sparsegpt", "max_rss_mib")), 0.8),
         ("Wanda time (tool timer) vs llm-compressor's Wanda", ratio(get("ours-wanda", "tool_seconds"),
                                                                    get("llmc-wanda", "tool_seconds")), 0.5),
         ("SparseGPT bf16 compute time vs llm-compressor's fp32", ratio(get("ours-sparsegpt-bf16", "tool_seconds"),
@@ -147,6 +155,8 @@ def main() -> int:
             get("ours-sparsegpt", "ppl"), before.get(("sparsegpt", "0.5")), 0.001),
            ("Wanda ppl vs prunelab's earlier figure (core_methods.json; within 0.1%)",
             get("ours-wanda", "ppl"), before.get(("wanda", "0.5")), 0.001),
+           ("SparseGPT streamed ppl vs in memory (the same weights expected)", get("ours-sparsegpt-stream", "ppl"),
+            get("ours-sparsegpt", "ppl"), 0.0),
            ("SparseGPT fp32 ppl vs llm-compressor's (for reference)", get("ours-sparsegpt", "ppl"),
             get("llmc-sparsegpt", "ppl"), 0.01),
            ("SparseGPT bf16 ppl vs prunelab fp32 (within 1%)", get("ours-sparsegpt-bf16", "ppl"),
