@@ -58,8 +58,9 @@ def run_one(name: str, work: Path) -> dict:
     out = work / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
     if tool == "prunelab":
-        cmd = [sys.executable, "-m", "prunelab.cli", "prune", "--method", method, "--sparsity", "0.5", *CALIB, *extra,
-               "--device", "cpu", "--offload", "none", "--out", str(out), "--quiet"]
+        # the run's own flags last, so they override the defaults (argparse keeps the last value)
+        cmd = [sys.executable, "-m", "prunelab.cli", "prune", "--method", method, "--sparsity", "0.5", *CALIB,
+               "--device", "cpu", "--offload", "none", *extra, "--out", str(out), "--quiet"]
     else:
         folder = subprocess.run([sys.executable, str(ROOT / "benchmarks/llmcompressor/export_inputs.py"), str(WORK)],
                                 check=True, capture_output=True, text=True).stdout.splitlines()[0]
