@@ -10,6 +10,7 @@ Results: benchmarks/results/ray_sweep.{json,md}
 """
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,14 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import loadavg  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP = ["--methods", "wanda,sparsegpt", "--levels", "0.5,0.7", "--calib", "c4", "--calib-samples", "32",
          "--calib-seqlen", "512", "--eval", "wikitext2", "--eval-seqlen", "512", "--eval-windows", "32",
          "--eval-batch-size", "8", "--device", "cpu", "--quiet"]
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def sweep(store: Path, extra: list[str]) -> dict:
@@ -48,6 +48,7 @@ def rows(store: Path) -> dict:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     work = Path(tempfile.mkdtemp(prefix="prunelab-ray-bench-"))
     local = sweep(work / "local.db", [])
     ray = sweep(work / "ray.db", ["--executor", "ray", "--cpus-per-run", "1"])

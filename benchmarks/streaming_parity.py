@@ -9,32 +9,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import loadavg, run_measured  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seed", "0"]
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def prune(method: str, offload: str, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "prunelab.cli", "prune", "--method", method, "--sparsity", "0.5", *CALIB,
            "--device", "cpu", "--offload", offload, *extra, "--out", str(out), "--quiet"]
     start = loadavg()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    proc, measured = run_measured(cmd)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     record = json.loads((out / "prunelab.json").read_text())
     return {"offload": offload, "prune_seconds": record["prune_seconds"], "load_seconds": record["load_seconds"],
-            "max_rss_mib": rss / 1024, "record_peak_rss_mib": record["peak_rss_bytes"] / 2**20,
+            "max_rss_mib": measured["max_rss_bytes"] / 2**20, "record_peak_rss_mib": record["peak_rss_bytes"] / 2**20,
             "engine": record["engine"], "sparsity": record["summary"]["sparsity"], "loadavg": [start, loadavg()]}
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from measure import loadavg, run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,18 +43,6 @@ RUNS = {  # name -> (tool, method, extra prunelab flags)
 }
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def time_v(text: str) -> dict:
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
-    parts = [float(p) for p in wall.group(1).split(":")] if wall else []
-    return {"max_rss_mib": int(rss.group(1)) / 1024 if rss else None,
-            "wall_seconds": sum(p * 60 ** (len(parts) - 1 - k) for k, p in enumerate(parts)) if parts else None}
-
-
 def run_one(name: str, work: Path) -> dict:
     tool, method, extra = RUNS[name]
     out = work / f"out-{name}"
@@ -69,11 +59,12 @@ def run_one(name: str, work: Path) -> dict:
                "--out", str(out)]
     row = {"run": name, "tool": tool, "method": method, "extra": extra, "loadavg_start": loadavg()}
     print("$", " ".join(cmd), flush=True)
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    proc, measured = run_measured(cmd)
     row["loadavg_end"] = loadavg()
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    row.update(time_v(proc.stderr))
+    row.update({"max_rss_mib": measured["max_rss_bytes"] / 2**20 if measured["max_rss_bytes"] else None,
+                "wall_seconds": measured["wall_seconds"]})
     if tool == "prunelab":
         record = json.loads((out / "prunelab.json").read_text())
         row.update({"tool_seconds": record["prune_seconds"], "sparsity": record["summary"]["sparsity"],

@@ -17,28 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from measure import loadavg, run_measured  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def time_v(output: str) -> dict:
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", output)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", output)
-    seconds = None
-    if wall:
-        parts = [float(p) for p in wall.group(1).split(":")]
-        seconds = sum(p * 60 ** (len(parts) - 1 - k) for k, p in enumerate(parts))
-    return {"max_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "wall_seconds": seconds}
 
 
 def check_output(out: Path, load: str) -> dict:
@@ -109,12 +97,12 @@ def main() -> int:
     row = {"model": str(model), "model_bytes": params, "command": " ".join(cmd[2:]).replace("prunelab.cli", "prunelab"),
            "loadavg_start": loadavg()}
     print("$ /usr/bin/time -v", " ".join(cmd), flush=True)
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    proc, measured = run_measured(cmd)
     row["loadavg_end"] = loadavg()
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
         raise SystemExit(f"prune failed with exit code {proc.returncode}")
-    row["time_v"] = time_v(proc.stderr)
+    row["time_v"] = measured
     record = json.loads((out / "prunelab.json").read_text())
     row.update({"record_peak_rss_bytes": record["peak_rss_bytes"], "prune_seconds": record["prune_seconds"],
                 "load_seconds": record["load_seconds"], "engine": record["engine"], "summary": record["summary"],

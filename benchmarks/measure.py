@@ -1,0 +1,37 @@
+"""What the benchmark scripts measure about a process and the host: load average, and a command's wall time and
+peak RSS as the kernel reports them through GNU time (`/usr/bin/time -v`), i.e. for that one process tree, not a
+figure the measured tool computes about itself.
+
+Scripts in sub-folders import it with `sys.path.insert(0, str(Path(__file__).resolve().parents[1]))`.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+TIME = "/usr/bin/time"
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. '1.92 1.98 1.97' (how busy the machine was around a run)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def parse_time_v(text: str) -> dict:
+    """Maximum RSS (bytes) and elapsed wall time (seconds) from GNU time's verbose report; None where absent."""
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    seconds = None
+    if wall:
+        parts = [float(p) for p in wall.group(1).split(":")]
+        seconds = sum(p * 60 ** (len(parts) - 1 - k) for k, p in enumerate(parts))
+    return {"max_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "wall_seconds": seconds}
+
+
+def run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run `cmd` under GNU time (output captured as text); returns the process and parse_time_v of its report."""
+    if not Path(TIME).is_file():
+        raise SystemExit(f"{TIME} not found: install GNU time (apt-get install time) to measure peak memory")
+    proc = subprocess.run([TIME, "-v", *cmd], capture_output=True, text=True)
+    return proc, parse_time_v(proc.stderr)
