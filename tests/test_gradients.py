@@ -63,5 +63,12 @@ def test_a_repeated_request_reuses_the_last_result_and_other_weights_recompute()
     changed = collect_gradients(adapter, ids, {"grad_sq"}, "cpu", progress=False)
     assert changed[name]["grad_sq"] is not first[name]["grad_sq"]
     assert not torch.equal(changed["model.layers.0.mlp.up_proj"]["grad_sq"], first["model.layers.0.mlp.up_proj"]["grad_sq"])
-    other = collect_gradients(adapter, ids, {"grad"}, "cpu", progress=False)  # a kind not kept: computed, kept alone
-    assert set(other[name]) == {"grad", "samples"} and gradients._CACHE["kinds"] == {"grad"}
+    # a kind not kept: computed together with the kept one, so that alternating methods share one pass
+    other = collect_gradients(adapter, ids, {"grad"}, "cpu", progress=False)
+    assert set(other[name]) == {"grad", "samples"} and gradients._CACHE["kinds"] == {"grad", "grad_sq"}
+    back = collect_gradients(adapter, ids, {"grad_sq"}, "cpu", progress=False)
+    assert back[name]["grad_sq"] is gradients._CACHE["sums"][name]["grad_sq"]
+    alone = collect_gradients(adapter, ids, {"grad"}, "cpu", progress=False, cache=False)
+    for layer in changed:  # each kind's sums are the same as when computed alone
+        assert torch.equal(back[layer]["grad_sq"], changed[layer]["grad_sq"])
+        assert torch.equal(other[layer]["grad"], alone[layer]["grad"])

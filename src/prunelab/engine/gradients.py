@@ -12,9 +12,10 @@ the whole model on the device at once.
 
 Result: per prunable layer, {kind: Σ_s kind.fold(g_s)} (fp32, CPU, each the size of the weight) and
 "samples": the number of sequences. The last result is kept, keyed by a hash of every model parameter and of the
-calibration token ids, so consecutive runs of a sweep that start from the same dense weights and need the same
-kinds (fisher then gradient) share one backward pass; the engine drops it as soon as a run needs no gradients,
-so it never counts in another method's memory.
+calibration token ids, so consecutive runs of a sweep that start from the same dense weights share one backward
+pass: a request for kinds the kept result lacks computes them together with the kept ones (each kind's sum is
+the same as when computed alone), so runs alternating taylor and fisher pay for two passes in all. The engine
+drops it as soon as a run needs no gradients, so it never counts in another method's memory.
 """
 from __future__ import annotations
 
@@ -44,14 +45,21 @@ def collect_gradients(adapter: ModelAdapter, calibration: torch.Tensor, kinds, d
     """Gradient statistics of ``kinds`` for every prunable layer (see the module doc). A fresh dict each call."""
     kinds = frozenset(kinds)
     key = _fingerprint(adapter.model, calibration) if cache else None
-    if cache and _CACHE.get("key") == key and kinds <= _CACHE["kinds"]:
-        return {layer: {k: v for k, v in entry.items() if k in kinds or k == "samples"}
-                for layer, entry in _CACHE["sums"].items()}
+    computed = kinds
+    if cache and _CACHE.get("key") == key:
+        if kinds <= _CACHE["kinds"]:
+            return _select(_CACHE["sums"], kinds)
+        computed = kinds | _CACHE["kinds"]  # same weights, other kinds: keep both, so a sweep alternating
+        # methods (taylor, fisher, taylor, fisher) pays for a second backward pass, not one per run
     clear_cache()
-    sums = _collect(adapter, calibration, kinds, device, progress, chunk_bytes)
+    sums = _collect(adapter, calibration, computed, device, progress, chunk_bytes)
     if cache:
-        _CACHE.update({"key": key, "kinds": kinds, "sums": sums})
-    return {layer: dict(entry) for layer, entry in sums.items()}
+        _CACHE.update({"key": key, "kinds": computed, "sums": sums})
+    return _select(sums, kinds)
+
+
+def _select(sums: dict, kinds) -> dict[str, dict]:
+    return {layer: {k: v for k, v in entry.items() if k in kinds or k == "samples"} for layer, entry in sums.items()}
 
 
 def clear_cache() -> None:
