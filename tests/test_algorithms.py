@@ -195,3 +195,26 @@ def test_sparsegpt_factor_is_the_upper_cholesky_of_the_damped_inverse():
     # fp64 factorisations of a matrix with condition ~1e3 agree far below fp32 resolution
     torch.testing.assert_close(u.double(), expected, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(u.double().T @ u.double(), torch.linalg.inv(ref), rtol=1e-5, atol=1e-7)
+
+
+def test_sparsegpt_factor_does_not_depend_on_the_thread_count():
+    """LAPACK splits a factorization's work by threads, which changed the factor's rounding (a 1-CPU Ray task and a
+    2-thread run gave different SparseGPT perplexities); the factor is computed on one thread, the same bits for any
+    setting, and the caller's thread count is restored. The 1536-wide, rank-deficient Hessian below gave a different
+    factor at 1 and 2 threads before."""
+    from prunelab.algorithms.sparsegpt import damped_inverse_cholesky
+
+    g = torch.Generator().manual_seed(1)  # seeds 1 and 3 differed at 1 vs 2 threads on a 2-core EPYC
+    x = torch.randn(300, 1536, generator=g) * torch.rand(1536, generator=g) * 3
+    x[:, :8] *= 100
+    h = x.T @ x
+    before = torch.get_num_threads()
+    factors = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            factors.append(damped_inverse_cholesky(h, 0.01)[0])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(factors[0], factors[1]) and torch.equal(factors[0], factors[2])
