@@ -218,3 +218,21 @@ def test_sparsegpt_factor_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(factors[0], factors[1]) and torch.equal(factors[0], factors[2])
+
+
+def test_alps_eigendecomposition_does_not_depend_on_the_thread_count():
+    """Same reason for ALPS's eigh of the scaled Hessian (it differed at 1 and 2 threads for every seed tried)."""
+    from prunelab.algorithms.alps import ALPS
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 1536, generator=g) * torch.rand(1536, generator=g) * 3
+    h = x.T @ x
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(ALPS()._preconditioned_eigh(h))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..patterns import Pattern, select_pruned
-from .base import PruningAlgorithm, register
+from .base import PruningAlgorithm, one_cpu_thread, register
 from .refit import refit_on_support
 
 
@@ -68,7 +68,8 @@ class ALPS(PruningAlgorithm):
         diag = torch.diagonal(h).double()
         scale = torch.where(diag > 0, diag.sqrt(), torch.ones_like(diag))  # dead inputs: left unscaled
         h_tilde = h.double() / scale[:, None] / scale[None, :]
-        eigvals, q = torch.linalg.eigh(h_tilde)
+        with one_cpu_thread(h_tilde.device):  # the same eigenvectors for any thread count
+            eigvals, q = torch.linalg.eigh(h_tilde)
         result = (scale.float(), h_tilde.float(), eigvals.clamp_min(0).float(), q.float())
         self._eig_cache = (h, result)
         return result

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import sys
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -93,3 +94,20 @@ def algorithm_source(algorithm: PruningAlgorithm) -> dict | None:
         with open(path, "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
     return {"class": cls.__qualname__, "file": path, "sha256": digest}
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device):
+    """Run a LAPACK factorization (Cholesky, eigh) on one CPU thread. Blocked factorizations split their work by
+    the thread count, so their rounding (and, through near-tied saliencies, the masks) depended on it: a Ray task
+    with 1 CPU and a 2-thread local run of the same sweep gave different SparseGPT results. On one thread the
+    result is the same everywhere, at a small cost (~0.1 s for a width-1536 Cholesky, ~0.4 s for its eigh)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -9,13 +9,12 @@ block are applied column by column; updates to later blocks are batched ("lazy")
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ..patterns import Pattern, lowest_k_mask, lowest_k_per_row_mask, nm_mask
-from .base import PruningAlgorithm, register
+from .base import PruningAlgorithm, one_cpu_thread, register
 
 
 def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,27 +29,10 @@ def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[to
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     h.diagonal().add_(dampening * torch.diagonal(h).mean())
-    with _one_cpu_thread(h.device):
+    with one_cpu_thread(h.device):
         lower = torch.linalg.cholesky(h.flip(0, 1))
         eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
         return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1).float(), dead
-
-
-@contextmanager
-def _one_cpu_thread(device: torch.device):
-    """LAPACK's blocked factorizations split their work by the thread count, so the factor's rounding (and, through
-    near-tied saliencies, the masks) depended on it: a Ray task with 1 CPU and a 2-thread local run of the same
-    sweep gave different SparseGPT results. One thread makes the factor the same everywhere; it is a small part
-    of the solve (~0.1 s per distinct Hessian of width 1536)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 _last_factor: dict = {}
