@@ -12,6 +12,8 @@ interruption continues where it stopped (finished runs are kept; a failing run i
                                                       # builtins)
     python benchmarks/zoo.py --render-only            # rewrite results/zoo.{md,json} and the report from the store
     python benchmarks/zoo.py --lock /tmp/prunelab-heavy.lock   # each sweep under a shared lock (busy machines)
+    python benchmarks/zoo.py --render-only --carry OLD.json    # cells this store lacks taken from an earlier
+                                                               # rendering (marked †)
 
 Writes benchmarks/results/zoo.md, zoo.json and benchmarks/results/zoo_report/ (report.md/.html with the leaderboard).
 """
@@ -169,15 +171,47 @@ def cell(row: dict | None) -> dict:
 
 
 def fmt(c: dict) -> str:
+    mark = " †" if c.get("carried") else ""
     if c["status"] == "done":
         ppl = c["ppl"] if isinstance(c["ppl"], float) else float(c["ppl"])
-        return f"{ppl:,.2f}" if math.isfinite(ppl) else str(ppl)
+        return (f"{ppl:,.2f}" if math.isfinite(ppl) else str(ppl)) + mark
     if c["status"] == "NA":
         return f"NA ({c['reason']})"
-    return f"NA ({c.get('reason') or c['status']})"
+    return f"NA ({c.get('reason') or c['status']})" + mark
 
 
-def render(store_path: Path) -> None:
+def carried_cells(path: Path) -> dict:
+    """Cells of an earlier rendering (its zoo.json) by (method, setting): what ``--carry`` fills in where this store
+    has no row. Each keeps, or gets, ``carried`` = the date that rendering was made, so a re-render carries it on."""
+    data = json.loads(path.read_text())
+    date = data["meta"]["date"]
+    out = {}
+
+    def put(key, c):
+        if c.get("status") in ("done", "failed") and key not in out:
+            out[key] = {**c, "carried": c.get("carried") or date}
+
+    for entry in data["table4"]:
+        method = "random" if entry["method"] == "random-nm" else entry["method"]
+        for setting, c in entry["cells"].items():
+            put((method, setting), c)
+    comp = data["comparisons"]
+    for m, v in comp["owl_vs_uniform_70"].items():
+        for alloc, ppl in v.items():
+            if ppl is not None:
+                put((m if alloc == "uniform" else f"{m}+{alloc}", "0.70"), {"status": "done", "ppl": ppl})
+    for m, v in comp["search_vs_owl_70"].items():
+        if v["search"] is not None:
+            put((f"{m}+search", "0.70"), {"status": "done", "ppl": v["search"],
+                                           "allocation": {"search": v["search_record"]}})
+    for m, v in comp["gradient_criteria_vs_wanda"].items():
+        for setting, ppl in v.items():
+            if ppl is not None:
+                put((m, setting), {"status": "done", "ppl": ppl})
+    return out
+
+
+def render(store_path: Path, carry: Path | None = None) -> None:
     from prunelab.bench.report import write_report
     from prunelab.bench.store import ResultsStore
     from prunelab.record import host_description, package_versions
@@ -186,34 +220,44 @@ def render(store_path: Path) -> None:
     rows = [r for r in store.rows() if r["status"] in ("done", "failed")]
     algorithms = store.algorithms()
     store.close()
-    by = {(r["method"], label(r)): r for r in rows}
+    cells = {(r["method"], label(r)): cell(r) for r in rows}
+    carried = carried_cells(carry) if carry else {}
+    for key, c in carried.items():
+        cells.setdefault(key, c)
+
+    def at(method, setting) -> dict:
+        return cells.get((method, setting)) or {"status": "not run"}
 
     table4 = []
     for number, idea, spec, note in TABLE4:
-        cells = {}
+        row_cells = {}
         for setting in SETTINGS:
             if spec in STRUCTURED and setting == "2:4":
                 c = {"status": "NA", "reason": "structured pruning removes whole channels and heads; an N:M pattern "
                                                "is not a structure"}
             elif spec == "random-nm":
-                c = cell(by.get(("random", "2:4"))) if setting in ("0.50", "2:4") else {
+                c = at("random", "2:4") if setting in ("0.50", "2:4") else {
                     "status": "NA", "reason": "no N:M pattern with M dividing 576 and 1536 gives exactly "
                                               f"{float(setting):.0%}"}
             elif spec == "wanda+search" and setting == "2:4":
                 c = {"status": "NA", "reason": "an N:M pattern fixes every layer's sparsity; there is nothing to allocate"}
             else:
-                c = cell(by.get((spec, setting)))
-            cells[setting] = c
-        table4.append({"number": number, "idea": idea, "method": spec, "note": note, "cells": cells})
+                c = at(spec, setting)
+            row_cells[setting] = c
+        table4.append({"number": number, "idea": idea, "method": spec, "note": note, "cells": row_cells})
+
+    def fmt_at(method, setting) -> str:
+        c = at(method, setting)
+        return fmt(c) if c["status"] == "done" else "-"
 
     def ppl(method, setting):
-        c = cell(by.get((method, setting)))
+        c = at(method, setting)
         return c.get("ppl") if c["status"] == "done" else None
 
     comparisons = {
         "owl_vs_uniform_70": {m: {"uniform": ppl(m, "0.70"), "owl": ppl(f"{m}+owl", "0.70")} for m in ("wanda", "sparsegpt")},
         "search_vs_owl_70": {m: {"owl": ppl(f"{m}+owl", "0.70"), "search": ppl(f"{m}+search", "0.70"),
-                                 "search_record": (cell(by.get((f"{m}+search", "0.70"))).get("allocation") or {}).get("search")}
+                                 "search_record": (at(f"{m}+search", "0.70").get("allocation") or {}).get("search")}
                              for m in ("wanda", "sparsegpt")},
         "gradient_criteria_vs_wanda": {m: {s: ppl(m, s) for s in ("0.50", "0.70")} for m in ("wanda", "taylor", "fisher", "gradient")},
     }
@@ -224,7 +268,9 @@ def render(store_path: Path) -> None:
                          "eval": "wikitext2 test, seqlen 512, first 128 windows",
                          "zero_shot": f"mean acc over 9 tasks, first {_limit(rows)} items of each"},
             "store": str(store_path), "versions": package_versions(), "host": host_description(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "carried": {"from": str(carry), "cells": {f"{m}@{s}": c["carried"] for (m, s), c in sorted(carried.items())
+                                                     if cells[(m, s)] is c}} if carry else None}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "zoo.json").write_text(json.dumps({"meta": meta, "table4": table4, "comparisons": comparisons,
                                                   "gate": [{k: a[k] for k in ("name", "author", "gate", "reason")}
@@ -233,7 +279,7 @@ def render(store_path: Path) -> None:
              f"Calibration: {meta['protocol']['calibration']}. Evaluation: {meta['protocol']['eval']}; "
              f"zero-shot: {meta['protocol']['zero_shot']}. Host: {meta['host']['cpu_count']} CPUs (shared with other "
              f"jobs: see each run's load average in zoo.json), torch {meta['versions']['torch']}, {meta['date']}. "
-             f"Dense: {_dense(rows)}.", "",
+             f"Dense: {_dense(rows)}.", *_carry_note(meta), "",
              "## Table 4 (and Table 3's bias indicator): WikiText-2 perplexity", "",
              "| # | idea | prunelab | 50% | 60% | 70% | 2:4 | mean prune s | peak RSS MiB | mean acc 50/60/70/2:4 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -253,10 +299,11 @@ def render(store_path: Path) -> None:
         proxy = (f"{rec.get('proxy_loss_uniform', float('nan')):.4f} / {rec.get('proxy_loss_owl', float('nan')):.4f} / "
                  f"{rec.get('proxy_loss_best', float('nan')):.4f}, {rec.get('forward_passes')} of "
                  f"{rec.get('budget_forward_passes')}" if rec else "-")
-        lines.append(f"| {m} | {_p(o['uniform'])} | {_p(o['owl'])} | {_p(s['search'])} | {proxy} |")
+        lines.append(f"| {m} | {fmt_at(m, '0.70')} | {fmt_at(m + '+owl', '0.70')} | {fmt_at(m + '+search', '0.70')} | "
+                     f"{proxy} |")
     lines += ["", "## Gradient criteria vs Wanda", "", "| method | 50% | 70% |", "|---|---|---|"]
     for m, v in comparisons["gradient_criteria_vs_wanda"].items():
-        lines.append(f"| {m} | {_p(v['0.50'])} | {_p(v['0.70'])} |")
+        lines.append(f"| {m} | {fmt_at(m, '0.50')} | {fmt_at(m, '0.70')} |")
     if algorithms:
         lines += ["", "## Plug-ins through the gate", "", "| plug-in | author | gate | reason |", "|---|---|---|---|"]
         lines += [f"| {a['name']} | {a['author']} | {a['gate']} | {a['reason'] or ''} |" for a in algorithms]
@@ -268,8 +315,14 @@ def render(store_path: Path) -> None:
     print("\n".join(lines))
 
 
-def _p(v) -> str:
-    return "-" if v is None else f"{float(v):,.2f}"
+def _carry_note(meta) -> list[str]:
+    carried = meta["carried"]
+    if not carried or not carried["cells"]:
+        return []
+    dates = sorted(set(carried["cells"].values()))
+    return ["", f"† measured with the same protocol and code path into an earlier store, rendered {', '.join(dates)}, "
+                f"and carried from that rendering's zoo.json (`--carry`); that store was lost with its machine, so "
+                f"these {len(carried['cells'])} cells are not in this store nor in the leaderboard."]
 
 
 def _dense(rows) -> str:
@@ -287,6 +340,8 @@ def main() -> int:
     parser.add_argument("--parts", default="table4,allocation,search,structured,plugins,builtins")
     parser.add_argument("--limit", type=int, default=40, help="zero-shot items per task")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--carry", type=Path, help="an earlier zoo.json: its cells fill those this store lacks, "
+                                                   "marked † (for a store that was lost)")
     parser.add_argument("--lock", help="run each sweep under `flock LOCK` (e.g. /tmp/prunelab-heavy.lock)")
     parser.add_argument("--structured-run", help=argparse.SUPPRESS)  # one structured run (used by the structured part)
     args = parser.parse_args()
@@ -303,7 +358,7 @@ def main() -> int:
                 structured(store, args.limit, lock)
             else:
                 sweep(store, PARTS[part], args.limit, lock)
-    render(store)
+    render(store, args.carry)
     return 0
 
 
