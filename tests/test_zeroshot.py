@@ -334,6 +334,22 @@ def test_build_requests_with_a_tokenizer(tok):
     assert build_requests(tok, "arc_challenge", limit=3).tokens_sha256() == reqs.tokens_sha256()
 
 
+@needs_data
+def test_request_identity_does_not_depend_on_where_the_tokenizer_was_loaded_from(tok, tmp_path):
+    """A results store keys runs by this identity: the same tokenizer saved in two folders (two hosts' caches)
+    must give the same key, while the token ids (what decides the result) are still part of it."""
+    from transformers import AutoTokenizer
+
+    loaded = []
+    for folder in ("host-a-cache", "host-b-cache"):
+        tok.save_pretrained(tmp_path / folder)
+        loaded.append(AutoTokenizer.from_pretrained(tmp_path / folder))
+    a, b = (build_requests(t, "arc_challenge", limit=3) for t in loaded)
+    assert a.tokenizer != b.tokenizer  # the names differ (kept in each result's record) ...
+    assert a.identity() == b.identity()  # ... the identity does not
+    assert build_requests(tok, "arc_challenge", limit=2).identity()["tokens_sha256"] != a.identity()["tokens_sha256"]
+
+
 def test_hf_source_maps_the_harness_datasets(monkeypatch):
     """source='hf' reads the datasets the harness names; their rows map onto the local layouts (fake rows here)."""
     import sys

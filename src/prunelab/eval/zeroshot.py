@@ -70,11 +70,13 @@ class TaskRequests:
         return digest.hexdigest()
 
     def identity(self) -> dict:
-        """What these requests are, for a results store: same identity, same token ids."""
+        """What these requests are, for a results store: same identity, same token ids. The tokenizer enters through
+        the token ids alone: its name is often a local folder (a cache path that differs between hosts, and on one
+        host between a first and a later load of a GGUF), which must not make a finished run look new."""
         task = TASKS[self.task]
         return {"task": self.task, "harness_task": task.harness_task, "split": task.split, "limit": self.limit,
                 "items": len(self.items), "data_sha256": self.data["sha256"], "prompt_format": task.prompt_format,
-                "tokenizer": self.tokenizer, "tokens_sha256": self.tokens_sha256()}
+                "tokens_sha256": self.tokens_sha256()}
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
