@@ -172,9 +172,9 @@ def test_vardrop_theta_step_converges_to_the_ridge_solution_and_the_objective_fa
     alpha = best_log_alpha(w ** 2 * diag / z, k).exp()
     theta = torch.stack([torch.linalg.solve(h + torch.diag(alpha[r] * diag), h @ w[r]) for r in range(8)])
     expected = best_log_alpha(theta ** 2 * diag / z, k)
-    got, _ = learn_log_alpha(w, h, steps=1, inner=64, beta=0.5)  # PCG run to convergence: the exact θ-step
+    got, _, _ = learn_log_alpha(w, h, steps=1, inner=64, beta=0.5)  # PCG run to convergence: the exact θ-step
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    _, trace = learn_log_alpha(w, h, steps=8, inner=2, beta=0.5, trace=True)
+    _, _, trace = learn_log_alpha(w, h, steps=8, inner=2, beta=0.5, trace=True)
     assert len(trace) == 9 and all(b <= a * (1 + 1e-12) for a, b in zip(trace, trace[1:])) and trace[-1] < trace[0]
 
 
@@ -183,12 +183,34 @@ def test_vardrop_prunes_the_highest_alpha_per_row_and_keeps_dense_values():
     stats = stats_for(x)
     w = torch.randn(16, 32)
     algorithm = get_algorithm("vardrop")
-    log_alpha, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, algorithm.beta)
+    log_alpha, theta, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, algorithm.beta)
+    c = theta ** 2 * torch.diagonal(stats.hessian)[None, :]
     out = algorithm.prune(w, stats, Pattern(0.5, scope=algorithm.default_scope))
     assert algorithm.default_scope == "row"
-    assert torch.equal(out == 0, kept_by_row(-log_alpha, 16))
+    assert torch.equal(out == 0, kept_by_row(c, 16))
+    # c orders the weights as −log α does wherever log α is strictly ordered: the pruned have the highest α
+    kept_alpha = torch.where(out != 0, log_alpha, float("-inf")).amax(dim=1)
+    pruned_alpha = torch.where(out == 0, log_alpha, float("inf")).amin(dim=1)
+    assert bool((pruned_alpha >= kept_alpha).all())
     assert torch.equal(out[out != 0], w[out != 0])
     assert torch.equal(out, algorithm.prune(w, stats, Pattern(0.5, scope="row")))  # deterministic
+
+
+def test_vardrop_ranks_the_weights_whose_alpha_saturates_instead_of_pruning_them_by_position():
+    """After the optimisation many log α sit at the range's upper end (+20): a −log α score would tie them and
+    let position decide; the score c = θ²H_jj still orders them by how far θ was shrunk, the best kept first."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 128, generator=gen) * torch.randn(128, generator=gen).exp()  # uneven column scales
+    stats = stats_for(x)
+    w = 0.05 * torch.randn(64, 128, generator=gen)
+    algorithm = get_algorithm("vardrop")
+    log_alpha, theta, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, algorithm.beta)
+    saturated = log_alpha >= log_alpha.max() - 1e-6
+    assert saturated.float().mean() > 0.2  # the situation this guards against (27% of weights here)
+    c = theta ** 2 * torch.diagonal(stats.hessian)[None, :]
+    assert c[saturated].unique().numel() == int(saturated.sum())  # no ties left among them
+    scores = algorithm.scores(w, stats)
+    torch.testing.assert_close(scores, c, rtol=0, atol=0)
 
 
 # ---- bias indicator and random N:M -------------------------------------------------------------------------

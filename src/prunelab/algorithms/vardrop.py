@@ -13,8 +13,11 @@ The optimisation is short and bounded: starting from θ = Ŵ, ``steps`` rounds o
 (1) the exact minimiser in log α ∈ [−20, 20] of every weight for the current θ (a 1-D unimodal problem per
 weight whose stationarity condition has an explicit inverse, see ``best_log_alpha``) and (2) ``inner`` preconditioned conjugate-gradient iterations on θ for the
 current α (a quadratic: (θ − Ŵ)H + diag(α ⊙ H_jj)θ = 0 row by row, Jacobi-preconditioned, warm-started), then a
-final (1). F never increases. Weights of highest log α are pruned (score −log α); the kept ones keep their dense
-values (add --refit for least-squares values). Per output row by default, as Wanda. Cost: ``steps`` × ``inner``
+final (1). F never increases. Weights of highest log α are pruned; the kept ones keep their dense values (add
+--refit for least-squares values). The optimal log α is a decreasing function of c = θ²H_jj alone (step (1)), but
+it saturates at the range's upper end once θ has shrunk, and on real layers over half a row can tie there (a tie
+broken by position made 50% vardrop worse than magnitude on SmolLM2), so the score is c at the final θ: the same
+order as −log α wherever that is strict, and no ties. Per output row by default, as Wanda. Cost: ``steps`` × ``inner``
 products (out × in)·(in × in).
 """
 from __future__ import annotations
@@ -65,7 +68,7 @@ def best_log_alpha(c: torch.Tensor, k: float, points: int = 40001) -> torch.Tens
 
 def learn_log_alpha(w_hat: torch.Tensor, h: torch.Tensor, steps: int, inner: int, beta: float,
                     trace: bool = False):
-    """log α after the optimisation and, with ``trace``, F after each (1) step (the first: at θ = Ŵ)."""
+    """(log α, θ) after the optimisation and, with ``trace``, F after each (1) step (the first: at θ = Ŵ)."""
     diag = torch.diagonal(h)[None, :]
     z = float(((w_hat @ h) * w_hat).sum().clamp_min(1e-30))
     k = beta / w_hat.numel()
@@ -92,7 +95,7 @@ def learn_log_alpha(w_hat: torch.Tensor, h: torch.Tensor, steps: int, inner: int
         log_alpha = best_log_alpha(theta ** 2 * diag / z, k)
         if trace:
             values.append(float(objective(theta, log_alpha, w_hat, h, z, beta)))
-    return log_alpha, values
+    return log_alpha, theta, values
 
 
 @register
@@ -111,5 +114,5 @@ class VariationalDropout(PruningAlgorithm):
 
     def scores(self, weight, stats):
         h = stats.require_hessian().to(weight.device).float()
-        log_alpha, _ = learn_log_alpha(weight.float(), h, self.steps, self.inner, self.beta)
-        return -log_alpha
+        _, theta, _ = learn_log_alpha(weight.float(), h, self.steps, self.inner, self.beta)
+        return theta.square() * torch.diagonal(h)[None, :]  # orders as −log α, without its saturation (module doc)
