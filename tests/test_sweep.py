@@ -254,6 +254,20 @@ def test_identity_follows_the_weights_the_device_and_the_dtype(workdir, tmp_path
     assert on_gpu[0] != changed[0] and on_gpu[1] != changed[1]
 
 
+def test_identity_does_not_depend_on_where_the_calibration_data_was_read_from(workdir, monkeypatch):
+    """Two hosts reading the same corpus from different folders must share run keys (the checksums decide)."""
+    import prunelab.data as data
+    from prunelab.bench.sweep import plan_sweep
+
+    config = sweep_config(workdir, methods=("wanda",), levels=(0.5,), patterns=("unstructured",))
+    keys = lambda: [t.key for t, _ in plan_sweep(config)]  # noqa: E731
+    before = keys()
+    real = data.load_corpus
+    monkeypatch.setattr(data, "load_corpus",
+                        lambda *a, **k: dataclasses_replace(real(*a, **k), source="/another/host/corpus.txt"))
+    assert keys() == before
+
+
 def test_workers_are_told_apart_by_more_than_pid_and_host(tmp_path):
     import socket
 
@@ -346,3 +360,13 @@ def test_sweep_flags_reach_the_evaluation_protocol():
     assert (protocol.windows, protocol.batch_size) == (4, 8)
     default = build_parser().parse_args(["sweep", "--methods", "wanda", "--store", "s.db"])
     assert sweep_config_from_dict(_sweep_settings(default)).evaluation.batch_size == 1  # identities stay as they were
+
+
+def test_report_reads_the_seed_of_rows_filed_by_scripts_with_other_identities():
+    """benchmarks/zoo.py files structured runs whose identity lists the calibration flags: the report must not
+    fail on them (it did: 'list' object has no attribute 'get'), and they do not count as another seed."""
+    from prunelab.bench.report import _seed
+
+    assert _seed({"identity": {"calibration": {"corpus": "c4", "seed": 3}}}) == 3
+    assert _seed({"identity": {"calibration": ["--calib", "c4", "--seeds", "0"]}}) is None
+    assert _seed({"identity": {"calibration": None}}) is None and _seed({}) is None

@@ -58,9 +58,10 @@ def level_label(row: dict) -> str:
 
 
 def _seed(row: dict) -> int | None:
-    """The calibration seed of a run (None for runs without calibration)."""
+    """The calibration seed of a run (None for runs without calibration, or filed by a script whose identity
+    does not spell the calibration as a sweep does, e.g. benchmarks/zoo.py's structured rows: a list of flags)."""
     calibration = (row.get("identity") or {}).get("calibration") or {}
-    return calibration.get("seed")
+    return calibration.get("seed") if isinstance(calibration, dict) else None
 
 
 def _level_order(label: str) -> tuple:
@@ -284,7 +285,7 @@ class Report:
         header = ["method", "level", f"{corpus} ppl" if corpus else "ppl", *(["mean zero-shot acc"] if tasks else []),
                   "non-zero params (M)", "prune s", "eval s", "peak RSS MiB"]
         body = []
-        several_seeds = len({_seed(r) for r in self.rows if r["method"] != "dense"}) > 1
+        several_seeds = len({_seed(r) for r in self.rows if r["method"] != "dense"} - {None}) > 1
 
         def level(r):  # every seed is its own row here
             return level_label(r) + (f" (seed {_seed(r)})" if several_seeds and r["method"] != "dense" else "")

@@ -365,8 +365,10 @@ def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_
                 if cfg.calibration not in calibrations:
                     calibrations[cfg.calibration] = calibration_data(tokenizer, cfg.calibration,
                                                                      calib_corpora[cfg.calibration])[1]
-                # where the corpus was read from is recorded, but does not decide the result (its checksum does)
-                calib_identity = {k: v for k, v in calibrations[cfg.calibration].items() if k != "provenance"}
+                # where the corpus was read from (a local path differs between hosts) is recorded, but does not
+                # decide the result: its checksum and the token ids' checksum do
+                calib_identity = {k: v for k, v in calibrations[cfg.calibration].items()
+                                  if k not in ("provenance", "source")}
             prune_dict = {k: v for k, v in cfg.to_dict().items() if k not in PLACEMENT_KEYS}
             identity = {"model": model_identity, "method": spec.method, "prune": prune_dict,
                         "algorithm_options": cfg.algorithm().options(), "calibration": calib_identity,
