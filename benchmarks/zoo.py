@@ -186,11 +186,12 @@ def carried_cells(path: Path) -> dict:
     has no row. Each keeps, or gets, ``carried`` = the date that rendering was made, so a re-render carries it on."""
     data = json.loads(path.read_text())
     date = data["meta"]["date"]
+    dates = (data["meta"].get("carried") or {}).get("cells", {})  # what that rendering had carried itself
     out = {}
 
     def put(key, c):
         if c.get("status") in ("done", "failed") and key not in out:
-            out[key] = {**c, "carried": c.get("carried") or date}
+            out[key] = {**c, "carried": c.get("carried") or dates.get(f"{key[0]}@{key[1]}") or date}
 
     for entry in data["table4"]:
         method = "random" if entry["method"] == "random-nm" else entry["method"]
@@ -295,7 +296,7 @@ def render(store_path: Path, carry: Path | None = None) -> None:
     lines += ["", "## Allocation at 70%", "", "| method | uniform | OWL | search | search: proxy loss uniform / OWL / "
               "best, forward passes |", "|---|---|---|---|---|"]
     for m in ("wanda", "sparsegpt"):
-        o, s = comparisons["owl_vs_uniform_70"][m], comparisons["search_vs_owl_70"][m]
+        s = comparisons["search_vs_owl_70"][m]
         rec = s["search_record"] or {}
         proxy = (f"{rec.get('proxy_loss_uniform', float('nan')):.4f} / {rec.get('proxy_loss_owl', float('nan')):.4f} / "
                  f"{rec.get('proxy_loss_best', float('nan')):.4f}, {rec.get('forward_passes')} of "

@@ -46,3 +46,14 @@ def test_a_carried_cell_keeps_the_date_it_was_measured_and_is_marked(tmp_path):
     assert cells[("wanda", "0.70")]["carried"] == "2026-12-03 10:00"
     assert fmt(cells[("fisher", "0.50")]) == "73.03 †"
     assert fmt({"status": "done", "ppl": 73.03}) == "73.03"
+
+
+def test_a_rerender_keeps_the_dates_its_comparisons_were_carried_with(tmp_path):
+    """The comparisons of zoo.json hold bare numbers: their carried dates come from its meta."""
+    path = _rendering(tmp_path, date="2026-12-03 10:00")
+    data = json.loads(path.read_text())
+    data["meta"]["carried"] = {"from": "old.json", "cells": {"wanda@0.70": "2026-12-02 09:33"}}
+    path.write_text(json.dumps(data))
+    cells = carried_cells(path)
+    assert cells[("wanda", "0.70")]["carried"] == "2026-12-02 09:33"
+    assert cells[("wanda+owl", "0.70")]["carried"] == "2026-12-03 10:00"
