@@ -14,8 +14,10 @@ interruption continues where it stopped (finished runs are kept; a failing run i
     python benchmarks/zoo.py --lock /tmp/prunelab-heavy.lock   # each sweep under a shared lock (busy machines)
     python benchmarks/zoo.py --render-only --carry OLD.json    # cells this store lacks taken from an earlier
                                                                # rendering (marked †)
+    python benchmarks/zoo.py --restore results/zoo_runs.jsonl  # start from the committed runs (a fresh machine)
 
-Writes benchmarks/results/zoo.md, zoo.json and benchmarks/results/zoo_report/ (report.md/.html with the leaderboard).
+Writes benchmarks/results/zoo.md, zoo.json, zoo_runs.jsonl (the store's runs, see ``prunelab store``) and
+benchmarks/results/zoo_report/ (report.md/.html with the leaderboard).
 """
 from __future__ import annotations
 
@@ -213,6 +215,22 @@ def carried_cells(path: Path) -> dict:
     return out
 
 
+def carried_rows(carried: dict, model: str) -> list[dict]:
+    """The carried cells as store-shaped rows for the leaderboard (each keeps its ``carried`` date)."""
+    rows = []
+    for (method, setting), c in carried.items():
+        nm = setting == "2:4"
+        record = {"prune_seconds": c.get("prune_seconds"),
+                  "peak_rss_bytes": c["peak_rss_mib"] * 2**20 if c.get("peak_rss_mib") is not None else None}
+        if method in STRUCTURED:
+            record["config"] = {"structure": "channels,heads"}
+        rows.append({"model": model, "method": method, "pattern": "2:4" if nm else "unstructured",
+                     "level": 0.5 if nm else float(setting), "status": c["status"], "reason": c.get("reason"),
+                     "metrics": {"perplexity": {"wikitext2": {"ppl": c["ppl"]}}} if c["status"] == "done" else None,
+                     "record": record, "mean_acc": c.get("mean_acc"), "carried": c["carried"]})
+    return rows
+
+
 def render(store_path: Path, carry: Path | None = None) -> None:
     from prunelab.bench.report import write_report
     from prunelab.bench.store import ResultsStore
@@ -221,6 +239,8 @@ def render(store_path: Path, carry: Path | None = None) -> None:
     store = ResultsStore(store_path)
     rows = [r for r in store.rows() if r["status"] in ("done", "failed")]
     algorithms = store.algorithms()
+    RESULTS.mkdir(exist_ok=True)
+    exported = store.export_jsonl(RESULTS / "zoo_runs.jsonl")  # the store's results outlive its machine
     store.close()
     cells = {(r["method"], label(r)): cell(r) for r in rows}
     carried = carried_cells(carry) if carry else {}
@@ -273,7 +293,6 @@ def render(store_path: Path, carry: Path | None = None) -> None:
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "carried": {"from": str(carry), "cells": {f"{m}@{s}": c["carried"] for (m, s), c in sorted(carried.items())
                                                      if cells[(m, s)] is c}} if carry else None}
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "zoo.json").write_text(json.dumps({"meta": meta, "table4": table4, "comparisons": comparisons,
                                                   "gate": [{k: a[k] for k in ("name", "author", "gate", "reason")}
                                                            for a in algorithms]}, indent=1, default=str) + "\n")
@@ -311,9 +330,14 @@ def render(store_path: Path, carry: Path | None = None) -> None:
         lines += [f"| {a['name']} | {a['author']} | {a['gate']} | {a['reason'] or ''} |" for a in algorithms]
     lines += ["", "The leaderboard (all algorithms ranked, prune time, peak memory, zero-shot accuracy, human vs "
               "generated, gate failures) is in [zoo_report/report.md](zoo_report/report.md).", "",
+              f"Every run of this store ({exported} lines: runs and gate verdicts, with their full records) is in "
+              "[zoo_runs.jsonl](zoo_runs.jsonl); `python benchmarks/zoo.py --restore benchmarks/results/zoo_runs.jsonl "
+              "--render-only` rebuilds the store from it.", "",
               "Reproduce: `python benchmarks/zoo.py` (resumable; `--render-only` rewrites these files from the store).", ""]
     (RESULTS / "zoo.md").write_text("\n".join(lines))
-    write_report(store_path, RESULTS / "zoo_report", title="prunelab leaderboard: seed 002 candidates and built-ins")
+    model = next((r["model"] for r in rows), "smollm2-135m")
+    write_report(store_path, RESULTS / "zoo_report", title="prunelab leaderboard: seed 002 candidates and built-ins",
+                 carried=carried_rows({k: c for k, c in carried.items() if cells[k] is c}, model))
     print("\n".join(lines))
 
 
@@ -324,7 +348,7 @@ def _carry_note(meta) -> list[str]:
     dates = sorted(set(carried["cells"].values()))
     return ["", f"† measured with the same protocol and code path into an earlier store, rendered {', '.join(dates)}, "
                 f"and carried from that rendering's zoo.json (`--carry`); that store was lost with its machine, so "
-                f"these {len(carried['cells'])} cells are not in this store nor in the leaderboard."]
+                f"these {len(carried['cells'])} cells are not in this store; the leaderboard shows them marked † too."]
 
 
 def _dense(rows) -> str:
@@ -344,6 +368,8 @@ def main() -> int:
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--carry", type=Path, help="an earlier zoo.json: its cells fill those this store lacks, "
                                                    "marked † (for a store that was lost)")
+    parser.add_argument("--restore", type=Path, help="first merge an exported store (e.g. results/zoo_runs.jsonl) "
+                                                     "into --store: its finished runs are not redone")
     parser.add_argument("--lock", help="run each sweep under `flock LOCK` (e.g. /tmp/prunelab-heavy.lock)")
     parser.add_argument("--structured-run", help=argparse.SUPPRESS)  # one structured run (used by the structured part)
     args = parser.parse_args()
@@ -351,6 +377,12 @@ def main() -> int:
     if args.structured_run:
         structured_run(store, args.structured_run, args.limit)
         return 0
+    if args.restore:
+        from prunelab.bench.store import ResultsStore
+
+        restoring = ResultsStore(store)
+        print(f"restored from {args.restore}: {restoring.import_jsonl(args.restore)}")
+        restoring.close()
     lock = ["flock", args.lock] if args.lock else []
     if not args.render_only:
         for part in args.parts.split(","):

@@ -90,3 +90,26 @@ def test_sweep_with_a_plugin_and_an_allocation_reaches_the_leaderboard(tmp_path,
     text = write_report(store, tmp_path / "out")["markdown"].read_text()
     board = text.split("## Leaderboard: ")[1].split("\n## ")[0]
     assert "| plugin-magnitude | generated |" in board and "| wanda+owl | human |" in board
+
+
+def test_carried_cells_fill_only_what_the_store_lacks_and_are_marked(tmp_path):
+    fill(tmp_path / "lb.db")
+    carried = [  # a cell the store has (ignored), one it lacks, and a method it has not at all (structured)
+        {"model": "m", "method": "wanda", "pattern": "unstructured", "level": 0.5, "status": "done",
+         "metrics": {"perplexity": {"wikitext2": {"ppl": 1.0}}}, "record": {}, "carried": "2026-12-01 09:00"},
+        {"model": "m", "method": "bias", "pattern": "unstructured", "level": 0.7, "status": "failed",
+         "reason": "NotApplicable: carried reason", "metrics": None, "record": {}, "carried": "2026-12-01 09:00"},
+        {"model": "m", "method": "struct-flap", "pattern": "unstructured", "level": 0.6, "status": "done",
+         "metrics": {"perplexity": {"wikitext2": {"ppl": 100.0}}}, "mean_acc": 26.25, "carried": "2026-12-01 09:00",
+         "record": {"prune_seconds": 280.0, "peak_rss_bytes": 1500 * 2**20, "config": {"structure": "channels,heads"}}},
+    ]
+    text = write_report(tmp_path / "lb.db", tmp_path / "out", carried=carried)["markdown"].read_text()
+    board = text.split("## Leaderboard: m")[1].split("\n## ")[0]
+    lines = {ln.split(" | ")[1]: ln for ln in board.splitlines() if ln.startswith("| ") and not ln.startswith("| #")}
+    assert "| wanda | human | 70.400 (2) |" in lines["wanda"]  # the store's own run wins over a carried one
+    flap = lines["struct-flap"].split(" | ")
+    assert flap[2] == "human" and flap[4] == "**100.000 (1) †**" and "26.25" in flap and flap[-2:] == ["280.0", "1500 |"]
+    assert "bias at 0.70: NotApplicable: carried reason" in text.split("## Notes")[1]
+    assert "† measured with the same protocol into an earlier results store (rendered 2026-12-01 09:00)" in board
+    plain = write_report(tmp_path / "lb.db", tmp_path / "out2")["markdown"].read_text()
+    assert "†" not in plain and "struct-flap" not in plain

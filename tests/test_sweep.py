@@ -67,6 +67,47 @@ def test_store_claims_and_transitions(tmp_path):
         store.finish("k", "bogus")
 
 
+def test_store_export_import_round_trip_and_merge(tmp_path):
+    from prunelab.cli import main
+
+    src = ResultsStore(tmp_path / "a.db")
+    fields = dict(model="m", pattern="unstructured", level=0.5)
+    for key, method, status in (("k1", "wanda", "done"), ("k2", "magnitude", "failed"), ("k3", "alps", "running")):
+        src.claim(key, method=method, identity={"method": method}, **fields)
+        if status != "running":
+            src.finish(key, status, metrics={"perplexity": {"wikitext2": {"ppl": float("inf")}}} if status == "done"
+                       else None, layers=[{"name": "l0", "error": 0.25}], record={"prune_seconds": 1.5},
+                       reason=None if status == "done" else "boom")
+    src.note_algorithm("gen-x", author="generated", source="x.py", sha256="ab", gate="passed", reason=None,
+                       result={"checks": [1, 2]})
+    assert src.export_jsonl(tmp_path / "runs.jsonl") == 3  # the running row is not a result
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(x)["run"]["key"] for x in lines[:2]] == ["k1", "k2"] and "algorithm" in json.loads(lines[2])
+
+    dst = ResultsStore(tmp_path / "b.db")
+    dst.claim("k1", method="wanda", identity={"method": "wanda"}, **fields)  # running here: the file's done row wins
+    dst.claim("k2", method="magnitude", identity={"method": "magnitude"}, **fields)
+    dst.finish("k2", "done", metrics={"ppl": 3.0})  # done here: kept
+    assert dst.import_jsonl(tmp_path / "runs.jsonl") == {"runs": 1, "algorithms": 1, "kept": 1}
+    a, b = src.get("k1"), dst.get("k1")
+    for column in ("identity", "status", "metrics", "layers", "record", "model", "method", "level", "finished"):
+        assert a[column] == b[column], column
+    assert b["metrics"]["perplexity"]["wikitext2"]["ppl"] == "inf" and dst.get("k2")["metrics"] == {"ppl": 3.0}
+    assert dst.algorithms()[0]["result"] == {"checks": [1, 2]}
+    assert dst.import_jsonl(tmp_path / "runs.jsonl") == {"runs": 0, "algorithms": 0, "kept": 3}  # idempotent
+    src.close()
+    dst.close()
+
+    (tmp_path / "bad.jsonl").write_text('{"run": {"key": "k9", "status": "running"}}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        ResultsStore(tmp_path / "c.db").import_jsonl(tmp_path / "bad.jsonl")
+    # the command: export then import into a fresh store gives the same finished rows
+    assert main(["store", "export", str(tmp_path / "cli.jsonl"), "--store", str(tmp_path / "a.db")]) == 0
+    assert main(["store", "import", str(tmp_path / "cli.jsonl"), "--store", str(tmp_path / "d.db")]) == 0
+    assert sorted(r["key"] for r in ResultsStore(tmp_path / "d.db").rows()) == ["k1", "k2"]
+    assert main(["store", "export", str(tmp_path / "x.jsonl"), "--store", str(tmp_path / "none.db")]) != 0
+
+
 def test_running_row_of_a_live_process_is_left_alone_and_of_a_dead_one_redone(tmp_path):
     db = tmp_path / "s.db"
     fields = dict(model="m", method="wanda", pattern="unstructured", level=0.5, identity={})

@@ -9,7 +9,7 @@ import sys
 from .models.loading import DEFAULT_MODEL
 
 # Subcommands defined in prunelab/commands/<name>.py (one module each, so adding one touches one line here).
-COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative", "check_algorithm", "speed", "export")
+COMMAND_MODULES: tuple[str, ...] = ("data", "finetune", "iterative", "check_algorithm", "speed", "export", "store")
 
 
 def _method_options(pairs: list[str]) -> dict:

@@ -90,8 +90,11 @@ def _geomean(values: list[float]) -> float:
 
 class Report:
     def __init__(self, rows: list[dict], title: str = "prunelab sweep report", commands: list[str] = (),
-                 algorithms: list[dict] = ()):
+                 algorithms: list[dict] = (), carried: list[dict] = ()):
         self.title = title
+        # leaderboard cells measured into an earlier store and carried from its rendering (row-shaped, each with
+        # "carried": when it was measured); used only where this store has no run of that cell, and marked †
+        self.carried = list(carried)
         self.algorithms = {a["name"]: a for a in algorithms}  # check-algorithm verdicts (leaderboard store)
         self.commands = list(dict.fromkeys(commands))  # the sweep invocations that filled the store
         self.rows = [r for r in rows if r["status"] in ("done", "failed")]
@@ -409,7 +412,8 @@ class Report:
         base = method.split("+")[0]
         if base in self.algorithms:
             return self.algorithms[base]["author"]
-        if any(((r.get("record") or {}).get("config") or {}).get("structure") for r in self.rows if r["method"] == method):
+        if any(((r.get("record") or {}).get("config") or {}).get("structure") for r in [*self.rows, *self.carried]
+               if r["method"] == method):
             return "human"  # a built-in structured criterion (--structure)
         try:
             from ..algorithms import get_algorithm
@@ -420,19 +424,28 @@ class Report:
 
     def _mean_acc(self, r) -> float | None:
         accs = [t["acc"] for t in ((r.get("metrics") or {}).get("tasks") or {}).values() if "acc" in t]
-        return 100 * sum(accs) / len(accs) if accs and r["status"] == "done" else None
+        if not accs:
+            return r.get("mean_acc")  # a carried cell keeps only the mean
+        return 100 * sum(accs) / len(accs) if r["status"] == "done" else None
 
     def leaderboard_tables(self) -> list[Table]:
         """Every algorithm ranked by WikiText-2 perplexity at 50/60/70% and 2:4, with prune time, peak memory,
         zero-shot mean accuracy, author (human | generated); then the best per author, and gate failures."""
         tables = []
-        for model in self.models:
+        for model in sorted({*self.models, *(r["model"] for r in self.carried)}):
             cells = self._by(model)
+            for r in self.carried:
+                if r["model"] == model and (level_label(r), r["method"]) not in cells:
+                    cells[(level_label(r), r["method"])] = [r]
+            carried_dates = sorted({r["carried"] for rs in cells.values() for r in rs if r.get("carried")})
             levels = [lv for lv in LEADERBOARD_LEVELS if any(k[0] == lv for k in cells)]
             if not levels:
                 continue
-            corpus = "wikitext2" if "wikitext2" in self._corpora(model) else (self._corpora(model) or [None])[0]
-            methods = [m for m in self.methods if any((lv, m) in cells for lv in levels)]
+            corpora = list(dict.fromkeys(c for rs in cells.values() for r in rs
+                                         for c in ((r.get("metrics") or {}).get("perplexity") or {})))
+            corpus = "wikitext2" if "wikitext2" in corpora else (corpora or [None])[0]
+            methods = [m for m in dict.fromkeys([*self.methods, *(r["method"] for r in self.carried)])
+                       if any((lv, m) in cells for lv in levels)]
 
             def mean_of(values):
                 values = [v for v in values if v is not None]
@@ -465,13 +478,15 @@ class Report:
                         reason = next((r.get("reason") for r in runs if r.get("reason")), "perplexity not finite")
                         line.append(Cell("NA", note=f"{m} at {lv}: {reason}"))
                     else:
-                        line.append(Cell(f"{_fmt(ppl[(lv, m)])} ({rank[(lv, m)]})", best=rank[(lv, m)] == 1))
+                        mark = " †" if any(r.get("carried") for r in runs) else ""
+                        line.append(Cell(f"{_fmt(ppl[(lv, m)])} ({rank[(lv, m)]}){mark}", best=rank[(lv, m)] == 1))
                 if tasks:
                     for lv in levels:
                         acc = mean_of([self._mean_acc(r) for r in cells.get((lv, m), [])])
                         line.append(Cell("-" if acc is None else f"{acc:.2f}"))
-                prune = [r["record"]["prune_seconds"] for r in done]
-                rss = [r["record"]["peak_rss_bytes"] / 2**20 for r in done]
+                prune = [r["record"]["prune_seconds"] for r in done if r["record"].get("prune_seconds") is not None]
+                rss = [r["record"]["peak_rss_bytes"] / 2**20 for r in done
+                       if r["record"].get("peak_rss_bytes") is not None]
                 line += [Cell(f"{sum(prune) / len(prune):.1f}" if prune else "-"),
                          Cell(f"{max(rss):.0f}" if rss else "-")]
                 body.append(line)
@@ -486,7 +501,11 @@ class Report:
                         + (f" acc: mean zero-shot accuracy over {', '.join(self._task_names())} (seed 002, Table 8)"
                            + (f", first {limit} items of each task" if limit else "") + "." if tasks else "")
                         + " author: human = designed by people (published or defined here), generated = written by a "
-                        "code-generating model; plug-ins as tagged by check-algorithm --author."))
+                        "code-generating model; plug-ins as tagged by check-algorithm --author."
+                        + (f" † measured with the same protocol into an earlier results store (rendered "
+                           f"{', '.join(carried_dates)}) and carried from that rendering; not in this store, and "
+                           f"its prune time, memory and accuracy count where that rendering kept them." if carried_dates
+                           else "")))
             best = []
             for lv in levels:
                 line = [Cell(lv)]
@@ -689,7 +708,8 @@ figure svg {{ max-width: 100%; height: auto; }}
 
 
 def write_report(store_path: str | Path, out: str | Path, *, methods: list[str] | None = None,
-                 models: list[str] | None = None, title: str | None = None) -> dict[str, Path]:
+                 models: list[str] | None = None, title: str | None = None,
+                 carried: list[dict] = ()) -> dict[str, Path]:
     store = ResultsStore(store_path)
     try:
         rows = store.rows()
@@ -703,7 +723,7 @@ def write_report(store_path: str | Path, out: str | Path, *, methods: list[str] 
         rows = [r for r in rows if r["method"] in methods or r["method"] == "dense"]
     if not rows and not algorithms:
         raise ValueError(f"{store_path} holds no runs" + (" matching the filter" if methods or models else ""))
-    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})", commands, algorithms)
+    report = Report(rows, title or f"prunelab sweep report ({Path(store_path).name})", commands, algorithms, carried)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = report.plots()

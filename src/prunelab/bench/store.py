@@ -251,11 +251,68 @@ class ResultsStore:
         rows = self._db.execute("SELECT name, value FROM meta WHERE name LIKE 'sweep %' ORDER BY name").fetchall()
         return [{"when": r["name"], **json.loads(r["value"])} for r in rows]
 
+    def export_jsonl(self, path: str | Path) -> int:
+        """Every finished run (done | failed) and every gate verdict as JSON lines sorted by key, written
+        atomically: a store's results as a text file that can be committed, diffed, and merged into another store
+        with ``import_jsonl`` (a store is a machine-local file; the lines outlive it). Returns the lines written."""
+        runs = self._db.execute("SELECT * FROM runs WHERE status IN ('done', 'failed') ORDER BY key").fetchall()
+        lines = [dumps({"run": {c: r[c] for c in _EXPORTED if c not in _JSON_COLUMNS}
+                        | {c: json.loads(r[c]) if r[c] is not None else None for c in _JSON_COLUMNS}})
+                 for r in runs]
+        lines += [dumps({"algorithm": a}) for a in self.algorithms()]
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(path)
+        return len(lines)
+
+    def import_jsonl(self, path: str | Path) -> dict:
+        """Merge lines written by ``export_jsonl``: a run is added unless this store already has it done (same key:
+        same identity), a gate verdict unless this store has one for that name. Returns what was added and kept."""
+        added = {"runs": 0, "algorithms": 0, "kept": 0}
+        with self._transaction():
+            for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                if "run" in entry:
+                    run = entry["run"]
+                    if run.get("status") not in ("done", "failed") or not run.get("key"):
+                        raise ValueError(f"{path}:{number}: not an exported run (needs a key and status done|failed)")
+                    row = self._db.execute("SELECT status FROM runs WHERE key=?", (run["key"],)).fetchone()
+                    if row is not None and row["status"] == "done":
+                        added["kept"] += 1
+                        continue
+                    values = [dumps(run.get(c)) if c in _JSON_COLUMNS and run.get(c) is not None else run.get(c)
+                              for c in _EXPORTED]
+                    self._db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_EXPORTED)}) "
+                                     f"VALUES ({', '.join('?' * len(_EXPORTED))})", values)
+                    added["runs"] += 1
+                elif "algorithm" in entry:
+                    a = entry["algorithm"]
+                    if self._db.execute("SELECT 1 FROM algorithms WHERE name=?", (a["name"],)).fetchone():
+                        added["kept"] += 1
+                        continue
+                    self._db.execute("INSERT INTO algorithms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                     (a["name"], a["author"], a.get("source"), a.get("sha256"), a["gate"],
+                                      a.get("reason"), None if a.get("result") is None else dumps(a["result"]),
+                                      a.get("checked")))
+                    added["algorithms"] += 1
+                else:
+                    raise ValueError(f"{path}:{number}: neither a run nor an algorithm line")
+        return added
+
     def rows(self, status: str | None = None) -> list[dict]:
         query, args = "SELECT rowid AS seq, * FROM runs", ()  # seq: the order runs were first claimed
         if status is not None:
             query, args = query + " WHERE status=?", (status,)
         return [_row_dict(r) for r in self._db.execute(query + " ORDER BY model, method, pattern, level", args)]
+
+
+# what an exported run keeps: its result and provenance, not the writer's liveness columns
+_EXPORTED = ("key", "model", "method", "pattern", "level", "identity", "status", "reason", "metrics", "layers", "record",
+             "attempts", "host", "started", "finished")
+_JSON_COLUMNS = ("identity", "metrics", "layers", "record")
 
 
 def _row_dict(row: sqlite3.Row) -> dict:
