@@ -48,8 +48,9 @@ TABLE4 = [
     ("06", "Random Pattern Pruning", "random-nm", "random N:M mask: the 2:4 run of `random` (50%); no N:M pattern "
                                                   "with M dividing 576 and 1536 prunes exactly 60% or 70%"),
     ("07", "Variational Dropout Pruning", "vardrop", "per-weight log α fitted on each layer's reconstruction "
-                                                     "loss (10 rounds of coordinate descent), highest α pruned (ranked by θ²H_jj, "
-                                                     "the same order without ties)"),
+                                                     "loss (10 rounds of coordinate descent; β per layer so that at the start "
+                                                     "the target fraction has log α > −3), highest α pruned (ranked "
+                                                     "by θ²H_jj, the same order without ties)"),
     ("08", "Gradient based Pruning", "gradient", "GBLM-Pruner: |w|·‖X_j‖ + 100·|w|·‖∂L/∂w‖ over sequences"),
     ("09", "Elastic Weight Consolidation Pruning", "fisher", "diagonal Fisher E[(∂L/∂w)²]·w²"),
     ("10", "Dynamic Pruning with Reinforcement Learning", "wanda+search",

@@ -7,7 +7,7 @@ import torch
 
 from prunelab.algorithms import NotApplicable, PruningAlgorithm, get_algorithm, register
 from prunelab.algorithms.kmeans import kmeans_1d
-from prunelab.algorithms.vardrop import best_log_alpha, kl_approx, kl_slope, learn_log_alpha, objective
+from prunelab.algorithms.vardrop import best_log_alpha, beta_for_target, kl_approx, kl_slope, learn_log_alpha, objective
 from prunelab.engine import PostSteps, prune_model
 from prunelab.models import ModelAdapter
 from prunelab.patterns import Pattern
@@ -183,7 +183,8 @@ def test_vardrop_prunes_the_highest_alpha_per_row_and_keeps_dense_values():
     stats = stats_for(x)
     w = torch.randn(16, 32)
     algorithm = get_algorithm("vardrop")
-    log_alpha, theta, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, algorithm.beta)
+    beta = beta_for_target(w, stats.hessian, 0.5, algorithm.log_alpha_at)  # the default: β from the target
+    log_alpha, theta, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, beta)
     c = theta ** 2 * torch.diagonal(stats.hessian)[None, :]
     out = algorithm.prune(w, stats, Pattern(0.5, scope=algorithm.default_scope))
     assert algorithm.default_scope == "row"
@@ -203,7 +204,7 @@ def test_vardrop_ranks_the_weights_whose_alpha_saturates_instead_of_pruning_them
     x = torch.randn(1024, 128, generator=gen) * torch.randn(128, generator=gen).exp()  # uneven column scales
     stats = stats_for(x)
     w = 0.05 * torch.randn(64, 128, generator=gen)
-    algorithm = get_algorithm("vardrop")
+    algorithm = get_algorithm("vardrop", beta=1.0)  # a fixed β large enough to saturate
     log_alpha, theta, _ = learn_log_alpha(w, stats.hessian, algorithm.steps, algorithm.inner, algorithm.beta)
     saturated = log_alpha >= log_alpha.max() - 1e-6
     assert saturated.float().mean() > 0.2  # the situation this guards against (27% of weights here)
@@ -211,6 +212,31 @@ def test_vardrop_ranks_the_weights_whose_alpha_saturates_instead_of_pruning_them
     assert c[saturated].unique().numel() == int(saturated.sum())  # no ties left among them
     scores = algorithm.scores(w, stats)
     torch.testing.assert_close(scores, c, rtol=0, atol=0)
+
+
+def test_vardrop_beta_for_target_puts_exactly_the_target_above_the_threshold_at_the_start():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(512, 48, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 3, 48, dtype=torch.float64)
+    h = x.T @ x
+    w = torch.randn(24, 48, generator=gen, dtype=torch.float64)
+    diag = torch.diagonal(h)[None, :]
+    z = float(((w @ h) * w).sum())
+    for sparsity, at in ((0.5, -3.0), (0.7, -3.0), (0.3, 0.0)):
+        beta = beta_for_target(w, h, sparsity, at)
+        log_alpha = best_log_alpha(w ** 2 * diag / z, beta / w.numel())
+        # the s-quantile weight sits on the threshold (table interpolation: |error| < 1e-3); all below it are above
+        above = int((log_alpha > at + 1e-3).sum())
+        assert round(sparsity * w.numel()) - 1 <= above <= round(sparsity * w.numel())
+        assert int((log_alpha > at - 1e-3).sum()) >= round(sparsity * w.numel())
+    # a larger target needs a larger β (more noise), and the pruned count is exact whatever β
+    assert beta_for_target(w, h, 0.7, -3.0) > beta_for_target(w, h, 0.5, -3.0)
+    stats = stats_for(x.float())
+    for s in (0.5, 0.7):
+        out = get_algorithm("vardrop").prune(w.float(), stats, Pattern(s, scope="row"))
+        same_count = get_algorithm("magnitude").prune(w.float(), None, Pattern(s, scope="row"))  # per-row rounding
+        assert torch.equal((out == 0).sum(1), (same_count == 0).sum(1))
+    with pytest.raises(ValueError):
+        get_algorithm("vardrop", beta=0.0)
 
 
 # ---- bias indicator and random N:M -------------------------------------------------------------------------
