@@ -232,7 +232,7 @@ def carried_rows(carried: dict, model: str) -> list[dict]:
     return rows
 
 
-def render(store_path: Path, carry: Path | None = None) -> None:
+def render(store_path: Path, carry: Path | None = None, superseded: tuple[str, ...] = ()) -> None:
     from prunelab.bench.report import write_report
     from prunelab.bench.store import ResultsStore
     from prunelab.record import host_description, package_versions
@@ -244,7 +244,8 @@ def render(store_path: Path, carry: Path | None = None) -> None:
     exported = store.export_jsonl(RESULTS / "zoo_runs.jsonl")  # the store's results outlive its machine
     store.close()
     cells = {(r["method"], label(r)): cell(r) for r in rows}
-    carried = carried_cells(carry) if carry else {}
+    # cells of a method whose algorithm changed since that rendering are not carried (they describe old code)
+    carried = {k: c for k, c in (carried_cells(carry) if carry else {}).items() if k[0] not in superseded}
     for key, c in carried.items():
         cells.setdefault(key, c)
 
@@ -369,6 +370,8 @@ def main() -> int:
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--carry", type=Path, help="an earlier zoo.json: its cells fill those this store lacks, "
                                                    "marked † (for a store that was lost)")
+    parser.add_argument("--superseded", default="", help="with --carry: methods whose carried cells are dropped "
+                                                         "(their algorithm changed since; comma list)")
     parser.add_argument("--restore", type=Path, help="first merge an exported store (e.g. results/zoo_runs.jsonl) "
                                                      "into --store: its finished runs are not redone")
     parser.add_argument("--lock", help="run each sweep under `flock LOCK` (e.g. /tmp/prunelab-heavy.lock)")
@@ -393,7 +396,7 @@ def main() -> int:
                 structured(store, args.limit, lock)
             else:
                 sweep(store, PARTS[part], args.limit, lock)
-    render(store, args.carry)
+    render(store, args.carry, tuple(m for m in args.superseded.split(",") if m))
     return 0
 
 
