@@ -57,3 +57,12 @@ def test_a_rerender_keeps_the_dates_its_comparisons_were_carried_with(tmp_path):
     cells = carried_cells(path)
     assert cells[("wanda", "0.70")]["carried"] == "2026-12-02 09:33"
     assert cells[("wanda+owl", "0.70")]["carried"] == "2026-12-03 10:00"
+
+
+def test_check_algorithm_bench_uses_the_zoo_protocol_to_the_flag():
+    """A bench into the zoo's store must share its dense run and compare like with like (the evaluation batch is
+    part of a run's identity)."""
+    from prunelab.commands.check_algorithm import BENCH_PROTOCOL
+    from zoo import PROTOCOL
+
+    assert BENCH_PROTOCOL == PROTOCOL
