@@ -43,13 +43,18 @@ class PruningAlgorithm:
               prior: torch.Tensor | None = None) -> torch.Tensor:
         """``prior``: weights already pruned (True) that must stay pruned; they are chosen first, so a step
         towards a higher sparsity only adds zeros (iterative pruning)."""
-        scores = self.scores(weight, stats)
-        if prior is None:
-            return weight.masked_fill(select_pruned(scores, pattern), 0.0)
-        return weight.masked_fill(select_pruned(scores.masked_fill(prior, float("-inf")), pattern) | prior, 0.0)
+        return prune_by_scores(weight, self.scores(weight, stats), pattern, prior)
 
     def options(self) -> dict:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+
+def prune_by_scores(weight: torch.Tensor, scores: torch.Tensor, pattern: Pattern,
+                    prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero the lowest-scoring weights under ``pattern``; weights in ``prior`` stay pruned and are chosen first."""
+    if prior is None:
+        return weight.masked_fill(select_pruned(scores, pattern), 0.0)
+    return weight.masked_fill(select_pruned(scores.masked_fill(prior, float("-inf")), pattern) | prior, 0.0)
 
 
 def register(cls: type[PruningAlgorithm]) -> type[PruningAlgorithm]:

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..patterns import select_pruned
-from .base import PruningAlgorithm, register
+from .base import PruningAlgorithm, prune_by_scores, register
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_RANGE = (-20.0, 20.0)
@@ -147,7 +146,4 @@ class VariationalDropout(PruningAlgorithm):
         return self._scores(weight, stats, 0.5)
 
     def prune(self, weight, stats, pattern, prior=None):
-        scores = self._scores(weight, stats, pattern.target_sparsity)
-        if prior is not None:  # as the base class: weights already pruned stay pruned and are chosen first
-            return weight.masked_fill(select_pruned(scores.masked_fill(prior, float("-inf")), pattern) | prior, 0.0)
-        return weight.masked_fill(select_pruned(scores, pattern), 0.0)
+        return prune_by_scores(weight, self._scores(weight, stats, pattern.target_sparsity), pattern, prior)
