@@ -208,6 +208,77 @@ def test_lora_merge_keeps_the_mask(family, merge, corpus):
         assert info["merge_cost"] != 0.0
 
 
+# -- distillation ---------------------------------------------------------------------------------------------------
+def _reference_losses(student, teacher, ids):
+    """Slow float64 reference: mean over predicted tokens of CE and of KL(q_teacher ‖ p_student), token by token."""
+    with torch.no_grad():
+        p = student(input_ids=ids).logits[:, :-1].double().log_softmax(-1)
+        q = teacher(input_ids=ids).logits[:, :-1].double().log_softmax(-1)
+    ce, kl, n = 0.0, 0.0, 0
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            ce -= float(p[b, t, ids[b, t + 1]])
+            kl += float((q[b, t].exp() * (q[b, t] - p[b, t])).sum())
+            n += 1
+    return ce / n, kl / n
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_distillation_loss_is_exact_against_a_slow_reference(alpha, corpus):
+    student, teacher = pruned_tiny(), tiny_model("llama", vocab=300)
+    with torch.no_grad():  # random models predict nearly uniformly; a sharper teacher makes the KL term sizeable
+        teacher.get_output_embeddings().weight.mul_(20)
+    data = training_data(tiny_tokenizer(), str(corpus), seqlen=16, heldout_fraction=0.1, heldout_windows=2)
+    phase = Phase(student, Masks.from_model(student), data, tiny_ft(corpus, distill=alpha), 1, progress=False,
+                  teacher=teacher)
+    ids = data.batch(0, 2)
+    loss, parts = phase._loss(ids)
+    ce, kl = _reference_losses(student, teacher, ids)
+    # fp32 log-softmax: each term is off by a few ulps of |log p| (< 100 here), far below 1e-5
+    assert parts["ce"] == pytest.approx(ce, abs=1e-5) and parts["kl"] == pytest.approx(kl, abs=1e-5)
+    assert kl > 0.01  # a different model: the distillation term is not trivially zero
+    assert float(loss.detach()) == pytest.approx((1 - alpha) * ce + alpha * kl, abs=1e-5)
+    # the student's own copy as teacher: nothing to distil
+    same = Phase(student, Masks.from_model(student), data, tiny_ft(corpus, distill=1.0), 1, progress=False,
+                 teacher=__import__("copy").deepcopy(student))
+    assert abs(same._loss(ids)[1]["kl"]) < 1e-6
+
+
+def test_distillation_moves_the_pruned_student_towards_the_dense_teacher(corpus):
+    dense = tiny_model("llama", vocab=300)
+    with torch.no_grad():  # sharper predictions than a random model's, so pruning moves them measurably
+        dense.get_output_embeddings().weight.mul_(20)
+    student = __import__("copy").deepcopy(dense)
+    prune_model(student, get_algorithm("magnitude"), Pattern(0.5), progress=False)
+    zeros = Masks.from_model(student).zeros
+    data = training_data(tiny_tokenizer(), str(corpus), seqlen=16, heldout_fraction=0.1, heldout_windows=2)
+    held = data.heldout
+    before = _reference_losses(student, dense, held)[1]
+    phase = Phase(student, Masks.from_model(student), data, tiny_ft(corpus, distill=1.0, lr=2e-4, debug_masks=True), 6,
+                  progress=False, teacher=dense)
+    phase.run(checkpoint_minutes=None)
+    tuned, _ = phase.finish()
+    assert Masks.from_model(tuned).zeros == zeros
+    assert _reference_losses(tuned, dense, held)[1] < 0.8 * before
+    assert all({"ce", "kl"} <= set(e) for e in phase.log["losses"])
+    assert not any(p.requires_grad for p in dense.parameters())  # the teacher stays frozen
+
+
+def test_distillation_needs_a_teacher_and_finetune_finds_it_in_the_record(pruned_folder, corpus, tmp_path):
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        tiny_ft(corpus, distill=1.5)
+    data = training_data(tiny_tokenizer(), str(corpus), seqlen=16, heldout_fraction=0.1, heldout_windows=2)
+    with pytest.raises(ValueError, match="teacher"):
+        Phase(pruned_tiny(), Masks({}, {}), data, tiny_ft(corpus, distill=0.5), 1, progress=False)
+    rec = finetune(str(pruned_folder), out=tmp_path / "kd", config=tiny_ft(corpus, distill=0.5), progress=False)
+    origin = json.loads((pruned_folder / "prunelab.json").read_text())["config"]["model"]
+    assert rec["finetune"]["teacher"]["model"] == origin and rec["finetune"]["mask_kept_exactly"]
+    plain = save_tiny_folder("llama", tmp_path / "plain")  # no prunelab record: the teacher must be named
+    with pytest.raises(ValueError, match="--teacher"):
+        finetune(str(plain), out=tmp_path / "x", config=tiny_ft(corpus, distill=0.5), progress=False)
+    assert "distill" not in tiny_ft(corpus).to_dict()  # runs without distillation keep their identities
+
+
 # -- runs, checkpoints, resume ------------------------------------------------------------------------------------
 @pytest.fixture()
 def pruned_folder(tmp_path):
@@ -275,10 +346,11 @@ def test_finetune_resumes_after_a_kill_with_identical_weights(pruned_folder, cor
         finetune(str(pruned_folder), out=tmp_path / "other", config=tiny_ft(corpus, steps=9), progress=False)
 
 
-def test_iterative_resumes_mid_schedule_with_identical_weights(corpus, tmp_path):
+@pytest.mark.parametrize("distill", [0.0, 0.5])
+def test_iterative_resumes_mid_schedule_with_identical_weights(corpus, tmp_path, distill):
     src = save_tiny_folder("llama", tmp_path / "src")
     kw = dict(method="sparsegpt", target=0.6, schedule="linear", steps=3,
-              finetune=tiny_ft(corpus, steps=9, lora=4), progress=False,
+              finetune=tiny_ft(corpus, steps=9, lora=4, distill=distill), progress=False,
               calibration=__import__("prunelab").CalibrationConfig(str(corpus), "train", 4, 16, 0))
     whole = iterative(str(src), out=tmp_path / "whole", **kw)
     with pytest.raises(KeyboardInterrupt):

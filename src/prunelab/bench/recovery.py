@@ -14,6 +14,7 @@ sweep is rerun, as ``prunelab finetune`` does.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ def run(model, tokenizer, prune_config, recovery: Recovery, settings: dict, cali
     workdir = WorkDir(work, run_identity) if work is not None else None
     resume = workdir.load(force=True) if workdir is not None else None
     started = time.perf_counter()
+    teacher = copy.deepcopy(model) if ft.distill else None  # the dense model: every run starts from it
     iterative = None
     if recovery.schedule:
         iterative = IterativeConfig(prune_config, recovery.schedule, iter_steps(settings))
@@ -120,7 +122,7 @@ def run(model, tokenizer, prune_config, recovery: Recovery, settings: dict, cali
         prune_model(model, prune_config.algorithm(), prune_config.pattern_obj(), calibration,
                     device=prune_config.device, progress=progress, post=prune_config.post_steps())
     model, steps_record, _ = run_steps(model, data, ft, iterative=iterative, calibration=calibration,
-                                       workdir=workdir, resume=resume, progress=progress)
+                                       workdir=workdir, resume=resume, progress=progress, teacher=teacher)
     seconds = time.perf_counter() - started
     layers = [LayerReport(name, tuple(ModelAdapter.get_weight(layer).shape),
                           float((ModelAdapter.get_weight(layer) == 0).float().mean()), 0.0)

@@ -36,6 +36,9 @@ def add_training_flags(p: argparse.ArgumentParser, steps_flag: str) -> None:
                         "with the update masked, W + (s·BA)·keep, so the merge is exact")
     g.add_argument("--l1", type=float, default=0.0, metavar="LAMBDA",
                    help="add LAMBDA·Σ|w| over the prunable weights to the loss (full fine-tuning)")
+    g.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help="distil from the dense teacher: loss = (1-ALPHA)·CE + ALPHA·KL(teacher || student) "
+                        "(default 0: plain causal-LM loss); the teacher costs one forward per batch and its memory")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: none; default 1)")
     g.add_argument("--train-seed", type=int, default=None, help="seed of the batch order and LoRA init (default 0)")
     g.add_argument("--heldout-fraction", type=float, default=0.05, help="documents held out for validation (0.05)")
@@ -60,7 +63,7 @@ def finetune_config(args, seed_default: int = 0):
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                           min_lr_ratio=args.min_lr_ratio, batch=args.batch, micro_batch=args.micro_batch,
                           seqlen=args.seqlen, lora=args.lora, lora_alpha=args.lora_alpha, lora_targets=targets,
-                          lora_merge=args.lora_merge, l1=args.l1, grad_clip=args.grad_clip, seed=seed,
+                          lora_merge=args.lora_merge, l1=args.l1, distill=args.distill, grad_clip=args.grad_clip, seed=seed,
                           heldout_fraction=args.heldout_fraction, heldout_windows=args.heldout_windows,
                           eval_every=args.eval_every, gradient_checkpointing=args.gradient_checkpointing,
                           debug_masks=args.debug_masks)
@@ -84,6 +87,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help="recovery fine-tuning (full or LoRA) keeping every pruned weight at zero")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="a pruned folder, or any model prunelab loads")
     add_training_flags(p, "--steps")
+    p.add_argument("--teacher", help="dense model to distil from with --distill (default: the model the pruned "
+                   "folder was pruned from, read from its record)")
     p.add_argument("--seed", type=int, default=0, help="training seed (batch order, LoRA init); same as --train-seed")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--eval", dest="eval_data", help="also report perplexity on this corpus at the end (e.g. wikitext2)")
@@ -99,7 +104,7 @@ def _finetune(args) -> int:
     from ..train import finetune
 
     config = finetune_config(args, seed_default=args.seed)
-    record = finetune(args.model, out=args.out, config=config, force=args.force, progress=not args.quiet,
+    record = finetune(args.model, out=args.out, config=config, teacher=args.teacher, force=args.force, progress=not args.quiet,
                       dtype=args.dtype, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                       eval_windows=args.eval_windows, checkpoint_every=args.checkpoint_every,
                       checkpoint_minutes=args.checkpoint_minutes)

@@ -7,6 +7,7 @@ torch thread count (a resumed run must use the same, or its floating-point sums 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -124,24 +125,43 @@ def _execute(out, force, identity, progress, body):
     return record
 
 
+def _teacher_of(model: str, source_record: dict | None, teacher: str | None) -> str:
+    """The dense model to distil from: ``teacher`` if given, else the model the pruned folder was pruned from."""
+    if teacher is not None:
+        return teacher
+    origin = ((source_record or {}).get("config") or {}).get("model")
+    if origin is None:
+        raise ValueError(f"distillation needs the dense teacher and {model} has no prunelab record naming the model "
+                         "it was pruned from; pass --teacher MODEL (teacher=...)")
+    return origin
+
+
 def finetune(model: str = DEFAULT_MODEL, *, out: str | Path, config: FinetuneConfig | None = None,
-             force: bool = False, progress: bool = True, dtype: str = "float32", eval_data: str | None = None,
+             teacher: str | None = None, force: bool = False, progress: bool = True, dtype: str = "float32", eval_data: str | None = None,
              eval_seqlen: int | None = None, eval_windows: int | None = None, checkpoint_every: int | None = None,
              checkpoint_minutes: float | None = 5.0, stop_after: int | None = None, **config_fields) -> dict:
     """Fine-tune ``model`` (a pruned folder, or anything load_model reads) keeping its zeros; save it to ``out``.
 
     ``finetune("runs/wanda50", out="runs/wanda50-ft", tokens=40_000, lora=16)`` builds the FinetuneConfig from
     keyword arguments. Returns the saved record (``record["finetune"]`` has losses, held-out losses, the data split,
-    sparsity before and after)."""
+    sparsity before and after). With ``distill`` > 0 the teacher is ``teacher`` or, by default, the model the
+    pruned folder's record says it was pruned from."""
     config = config or FinetuneConfig(**config_fields)
     loaded, tokenizer, source = load_model(model, dtype)
     data = training_data(tokenizer, config.train, config.split, config.seqlen, config.heldout_fraction,
                          config.heldout_windows, seed=config.seed)
+    source_record = read_record(model) if Path(model).is_dir() else None
+    teacher_model, teacher_identity = None, None
+    if config.distill:
+        teacher_name = _teacher_of(model, source_record, teacher)
+        teacher_model, _, teacher_source = load_model(teacher_name, dtype)
+        teacher_identity = {"model": str(teacher_name), **_model_identity(teacher_name, teacher_source)}
     identity = {"kind": "finetune", "model": _model_identity(model, source), "finetune": config.to_dict(),
                 "data": data.identity, "dtype": dtype, "eval": [eval_data, eval_seqlen, eval_windows],
                 "versions": {k: v for k, v in _versions().items() if k in ("torch", "transformers", "peft")},
                 "torch_threads": torch.get_num_threads()}
-    source_record = read_record(model) if Path(model).is_dir() else None
+    if teacher_identity is not None:  # only then, so runs without distillation keep their identities
+        identity["teacher"] = teacher_identity
 
     def body(workdir, resume):
         from ..api import sparsity_summary
@@ -153,7 +173,8 @@ def finetune(model: str = DEFAULT_MODEL, *, out: str | Path, config: FinetuneCon
         evaluate = _eval_fn(tokenizer, eval_data, eval_seqlen, eval_windows, progress)
         tuned, steps_record, masks = run_steps(loaded, data, config, workdir=workdir, resume=resume,
                                                progress=progress, checkpoint_every=checkpoint_every,
-                                               checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)
+                                               checkpoint_minutes=checkpoint_minutes, stop_after=stop_after,
+                                               teacher=teacher_model)
         after = sparsity_summary(tuned)
         step = steps_record["steps"][0]
         record = dict(source_record or {"prunelab_record": 1})
@@ -162,7 +183,7 @@ def finetune(model: str = DEFAULT_MODEL, *, out: str | Path, config: FinetuneCon
         previous = record.pop("finetune", None)
         record["finetune"] = {
             "config": config.to_dict(), "data": {**data.identity, "provenance": data.provenance},
-            "source": {"model": str(model), **identity["model"]},
+            "source": {"model": str(model), **identity["model"]}, "teacher": teacher_identity,
             "losses": step["finetune"]["losses"], "heldout": step["finetune"]["heldout"],
             "lora_merge": step["finetune"].get("lora_merge"), **_train_totals(steps_record),
             "sparsity_before": before["sparsity"], "sparsity_after": after["sparsity"],
@@ -186,13 +207,15 @@ def iterative(model: str = DEFAULT_MODEL, *, method: str, target: float, out: st
               eval_windows: int | None = None, checkpoint_every: int | None = None,
               checkpoint_minutes: float | None = 5.0, stop_after: int | None = None) -> dict:
     """Prune ``model`` to ``target`` in steps following ``schedule`` (or ``rate`` / ``threshold``), fine-tuning
-    after each step with ``finetune`` (its budget is the total over all steps), and save the result to ``out``."""
+    after each step with ``finetune`` (its budget is the total over all steps), and save the result to ``out``.
+    With ``finetune.distill`` > 0 every phase distils from the dense ``model`` as loaded."""
     from ..api import calibration_data, sparsity_summary
 
     prune_config = PruneConfig(method=method, model=model, sparsity=target, scope=scope,
                                method_options=method_options or {}, calibration=calibration, device=device, dtype=dtype)
     config = IterativeConfig(prune_config, schedule, steps, rate, threshold)
     loaded, tokenizer, source = load_model(model, dtype)
+    teacher = copy.deepcopy(loaded) if finetune.distill else None  # the dense model, before any pruning step
     data = training_data(tokenizer, finetune.train, finetune.split, finetune.seqlen, finetune.heldout_fraction,
                          finetune.heldout_windows, seed=finetune.seed)
     calib, calib_info = (calibration_data(tokenizer, prune_config.calibration) if prune_config.needs_calibration
@@ -213,7 +236,8 @@ def iterative(model: str = DEFAULT_MODEL, *, method: str, target: float, out: st
         tuned, steps_record, masks = run_steps(loaded, data, finetune, iterative=config, calibration=calib,
                                                workdir=workdir, resume=resume, evaluate=evaluate, progress=progress,
                                                checkpoint_every=checkpoint_every,
-                                               checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)
+                                               checkpoint_minutes=checkpoint_minutes, stop_after=stop_after,
+                                               teacher=teacher)
         summary = sparsity_summary(tuned)
         record = {"prunelab_record": 1, "kind": "iterative", "config": prune_config.to_dict(),
                   "algorithm_options": prune_config.algorithm().options(),

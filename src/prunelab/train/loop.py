@@ -101,8 +101,10 @@ def prune_step(model, config: IterativeConfig, target: float, masks: Masks, cali
 def run_steps(model, data, finetune: FinetuneConfig, *, iterative: IterativeConfig | None = None,
               calibration: torch.Tensor | None = None, workdir=None, resume: dict | None = None,
               evaluate=None, progress: bool = True, checkpoint_every: int | None = None,
-              checkpoint_minutes: float | None = 5.0, stop_after: int | None = None):
+              checkpoint_minutes: float | None = 5.0, stop_after: int | None = None, teacher=None):
     """Fine-tune ``model`` (no ``iterative``), or prune it iteratively with fine-tuning after each step; in place.
+
+    ``teacher``: the frozen dense model that ``finetune.distill`` distils from (the same one in every phase).
 
     ``workdir`` (checkpoint.WorkDir) receives the state; ``resume`` is a state it returned. ``evaluate(model)``, if
     given, is called after each step's fine-tuning and its dict recorded. ``stop_after`` (tests) stops, as a kill
@@ -140,7 +142,7 @@ def run_steps(model, data, finetune: FinetuneConfig, *, iterative: IterativeConf
             records.append({"step": k + 1, "sparsity": masks.sparsity, "zeros": masks.zeros})
         label = f"finetune {k + 1}/{len(targets)}" if iterative else "finetune"
         phase = Phase(model, masks, data, finetune, phase_steps[k], data_offset=steps_done, index=k,
-                      resume=phase_state, progress=progress, label=label)
+                      resume=phase_state, progress=progress, label=label, teacher=teacher)
         left = None if stop_after is None else stop_after - steps_done
         try:
             phase.run(checkpoint=lambda state, k=k: save("train", k, state), checkpoint_every=checkpoint_every,

@@ -11,6 +11,12 @@ the base weights stay frozen and the adapters are merged at the end so that the 
   exactly the model that the merge produces (merge cost 0 up to float rounding). It costs a full weight-gradient
   matmul per layer, about what full fine-tuning spends on compute, without AdamW's memory for the base weights.
 
+Distillation (``distill`` = α > 0): the loss is (1 − α)·CE + α·KL(teacher ‖ student) per token at temperature 1,
+the teacher being the dense model (frozen). A pruned model has lost a little of everything the dense one knew, so
+the teacher's whole next-token distribution is a richer target per token than the one observed token: recovery
+per training token is what the budget buys. It costs one teacher forward per micro-batch (about a third of a
+training step) and the teacher's weights in memory.
+
 A phase is resumable: its state (trainable tensors, optimizer, RNG, step, logs) is handed to a checkpoint
 callback, and ``Phase(..., resume=state)`` continues bit-identically (batches are a pure function of the step,
 see data.py; the learning rate is a pure function of the step).
@@ -53,6 +59,7 @@ class FinetuneConfig:
     lora_targets: tuple[str, ...] | None = None  # leaf names of prunable layers (q_proj, ...); None: all of them
     lora_merge: str = "remask"
     l1: float = 0.0  # λ of the penalty λ·Σ|w| over the prunable weights (full fine-tuning only)
+    distill: float = 0.0  # α: loss = (1 − α)·CE + α·KL(teacher ‖ student); 0 = plain causal-LM loss
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     heldout_fraction: float = 0.05  # documents held out of training (the split is recorded)
@@ -91,6 +98,8 @@ class FinetuneConfig:
                              "use it with full fine-tuning (no --lora)")
         if self.eval_every < 0:
             raise ValueError("eval_every must be >= 0")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"distill is the weight of the distillation term, in [0, 1]; got {self.distill}")
         if self.lora:
             try:
                 import peft  # noqa: F401
@@ -107,6 +116,8 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if not d["distill"]:
+            del d["distill"]  # the default: identities and records of runs without distillation stay as they were
         d["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
         d["total_steps"] = self.total_steps
         d["tokens_per_step"] = self.batch * self.seqlen
@@ -187,12 +198,16 @@ def merge_lora(peft_model, masks: Masks) -> tuple[object, float]:
 class Phase:
     """``steps`` optimizer steps on ``model`` in place, reading batches from ``data_offset`` on; resumable.
 
-    ``index`` numbers the phases of an iterative run (it seeds LoRA's initialisation and dropout)."""
+    ``index`` numbers the phases of an iterative run (it seeds LoRA's initialisation and dropout); ``teacher`` is
+    the frozen dense model that ``config.distill`` distils from."""
 
     def __init__(self, model, masks: Masks, data: TrainingData, config: FinetuneConfig, steps: int,
                  data_offset: int = 0, index: int = 0, resume: dict | None = None, progress: bool = True,
-                 label: str = "finetune"):
+                 label: str = "finetune", teacher=None):
+        if config.distill and teacher is None:
+            raise ValueError("distillation (distill > 0) needs the dense teacher model")
         self.base_model, self.masks, self.data, self.config = model, masks, data, config
+        self.teacher = teacher.eval().requires_grad_(False) if config.distill else None
         self.steps, self.data_offset, self.index, self.progress, self.label = steps, data_offset, index, progress, label
         torch.manual_seed(config.seed * 1_000_003 + index)
         self.requires_grad = {p: p.requires_grad for p in model.parameters()}  # peft freezes them; put back after
@@ -249,12 +264,14 @@ class Phase:
                 group["lr"] = lr
             batch = self.data.batch(self.data_offset + self.step, cfg.batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss_value = 0.0
+            entry = {"step": self.step, "loss": 0.0, "lr": lr}
             for chunk in batch.split(micro):
-                loss = self.model(input_ids=chunk, labels=chunk, use_cache=False).loss
-                (loss * (chunk.shape[0] / batch.shape[0])).backward()
-                loss_value += float(loss.detach()) * chunk.shape[0] / batch.shape[0]
-            entry = {"step": self.step, "loss": loss_value, "lr": lr}
+                share = chunk.shape[0] / batch.shape[0]
+                loss, parts = self._loss(chunk)
+                (loss * share).backward()
+                for key, value in parts.items():
+                    entry[key] = entry.get(key, 0.0) + value * share
+            loss_value = entry["loss"]
             if cfg.l1:
                 penalty = cfg.l1 * sum(w.abs().sum() for w in self.l1_weights)
                 penalty.backward()
@@ -287,6 +304,22 @@ class Phase:
         bar.close()
         self.model.eval()
         return self.log
+
+    def _loss(self, chunk: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training loss of one micro-batch and its parts as floats (``loss``; with distillation ``ce``, ``kl``)."""
+        alpha = self.config.distill
+        if not alpha:
+            loss = self.model(input_ids=chunk, labels=chunk, use_cache=False).loss
+            return loss, {"loss": float(loss.detach())}
+        import torch.nn.functional as F
+
+        log_p = self.model(input_ids=chunk, use_cache=False).logits[:, :-1].float().log_softmax(-1).flatten(0, 1)
+        with torch.no_grad():
+            log_q = self.teacher(input_ids=chunk, use_cache=False).logits[:, :-1].float().log_softmax(-1).flatten(0, 1)
+        ce = F.nll_loss(log_p, chunk[:, 1:].flatten())
+        kl = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")  # mean over tokens of KL(q ‖ p)
+        loss = (1 - alpha) * ce + alpha * kl
+        return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "kl": float(kl.detach())}
 
     def abandon(self) -> None:
         """Detach LoRA adapters without merging (after a failure), so the base model is plain again."""
