@@ -78,6 +78,8 @@ class Bench:
         flags = ["--train", "c4", "--tokens", str(a.tokens), "--lr", str(a.lora_lr if lora else a.lr),
                  "--batch", str(a.batch), "--micro-batch", str(a.micro_batch), "--seqlen", str(a.seqlen),
                  "--heldout-windows", str(a.heldout_windows), "--checkpoint-minutes", "3"]
+        if a.distill:  # the teacher: the dense model (iterative: as loaded; finetune: named by the pruned record)
+            flags += ["--distill", str(a.distill)]
         if lora:
             flags += ["--lora", str(a.lora), "--lora-merge", merge]
         return flags
@@ -183,7 +185,10 @@ def markdown(results: dict, args) -> str:
     lines = ["# Recovery fine-tuning and iterative pruning: smollm2-135m", "",
              f"Budget per fine-tuned row: {args.tokens:,} training tokens of C4 ({args.batch} x {args.seqlen} tokens "
              f"per optimizer step); full fine-tuning lr {args.lr}, LoRA r={args.lora} lr {args.lora_lr}; iterative "
-             f"runs: {args.iter_steps} pruning steps, the budget split evenly over them. Evaluation: "
+             f"runs: {args.iter_steps} pruning steps, the budget split evenly over them. "
+             + (f"Loss: distillation from the dense model, (1 - {args.distill}) x CE + {args.distill} x "
+                "KL(dense || pruned) per token (one teacher forward per step on top). " if args.distill else "")
+             + "Evaluation: "
              f"{meta['eval']}; zero-shot: the 9 tasks, first {args.limit} items each. Dense: "
              f"{fmt((results.get('dense') or {}).get('wikitext2_ppl'), '.2f')} WikiText-2 ppl.", "",
              "| row | how | WikiText-2 ppl | LAMBADA acc | LAMBADA ppl | zero-shot mean acc | sparsity (exact) | "
@@ -222,22 +227,27 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora", type=int, default=16)
+    parser.add_argument("--distill", type=float, default=0.0, help="fine-tune with --distill ALPHA (dense teacher)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--iter-steps", type=int, default=4)
     parser.add_argument("--heldout-windows", type=int, default=8, help="held-out C4 windows per validation")
     parser.add_argument("--limit", type=int, default=100, help="zero-shot items per task")
-    parser.add_argument("--work", default="runs/finetune_recovery", help="models and evaluations of every row")
+    parser.add_argument("--work", help="models and evaluations of every row (default runs/NAME: a table made with "
+                        "other settings never reuses this one's models)")
     parser.add_argument("--name", default="finetune_recovery")
     parser.add_argument("--lock", help="hold this lock file while a row runs (e.g. /tmp/prunelab-heavy.lock)")
     parser.add_argument("--only", help="comma list of row names")
     args = parser.parse_args()
+    args.work = args.work or f"runs/{args.name}"
 
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     settings = {k: v for k, v in vars(args).items() if k not in ("work", "lock", "only", "name")}
+    if not settings["distill"]:
+        del settings["distill"]  # the tables made before the option existed keep their settings
     if results.get("settings") not in (None, settings):
         sys.exit(f"{out} holds rows made with other settings ({results['settings']}); use another --name")
     results["settings"] = settings
