@@ -84,12 +84,15 @@ class Bench:
             flags += ["--lora", str(a.lora), "--lora-merge", merge]
         return flags
 
+    def scope(self, method: str) -> list[str]:
+        return ["--scope", self.args.magnitude_scope] if method == "magnitude" and self.args.magnitude_scope else []
+
     def pruned(self, method: str, level: str) -> Path:
         """The one-shot pruned model, made once and shared by the rows that start from it."""
         out = self.work / f"prune-{method}-{level}"
         if not out.exists():
-            run(self.cli + ["prune", "--method", method, "--sparsity", level, *CALIB, "--out", str(out), "--quiet"],
-                self.log)
+            run(self.cli + ["prune", "--method", method, "--sparsity", level, *CALIB, *self.scope(method),
+                            "--out", str(out), "--quiet"], self.log)
         return out
 
     def row(self, name: str) -> tuple[Path, dict]:
@@ -111,7 +114,8 @@ class Bench:
         if not out.exists():
             extra = CALIB if method != "magnitude" else []
             run(self.cli + ["iterative", "--method", method, "--target", level, "--schedule", schedule,
-                            "--steps", str(self.args.iter_steps), *extra, *self.training(False), "--out", str(out),
+                            "--steps", str(self.args.iter_steps), *extra, *self.scope(method), *self.training(False),
+                            "--out", str(out),
                             "--quiet"], self.log)
         return out, {"how": f"iterative {method}, {schedule} schedule, {self.args.iter_steps} steps, full fine-tuning"}
 
@@ -186,6 +190,7 @@ def markdown(results: dict, args) -> str:
              f"Budget per fine-tuned row: {args.tokens:,} training tokens of C4 ({args.batch} x {args.seqlen} tokens "
              f"per optimizer step); full fine-tuning lr {args.lr}, LoRA r={args.lora} lr {args.lora_lr}; iterative "
              f"runs: {args.iter_steps} pruning steps, the budget split evenly over them. "
+             + (f"Magnitude pruning ranks weights per {args.magnitude_scope}. " if args.magnitude_scope else "")
              + (f"Loss: distillation from the dense model, (1 - {args.distill}) x CE + {args.distill} x "
                 "KL(dense || pruned) per token (one teacher forward per step on top). " if args.distill else "")
              + "Evaluation: "
@@ -212,12 +217,37 @@ def markdown(results: dict, args) -> str:
         lines += ["", "Not measured yet: " + ", ".join(missing) + "; then the best two fine-tuned rows at 70%."]
     elif not results.get("best_two_at_50"):
         lines += ["", "Not measured yet: the best two fine-tuned rows at 70%."]
+    reused = sorted({r["reused_from"] for r in [results.get("dense") or {}] + rows if r.get("reused_from")})
+    if reused:
+        lines += ["", "Rows without fine-tuning (dense, one-shot) were measured for " + ", ".join(f"`{n}.md`" for n in reused)
+                  + " with the same pruning and evaluation and are taken from there (`--reuse-from`)."]
     lines += targets(results)
     lines += ["", f"Host: {meta['host']['cpu_count']} CPUs, torch {meta['versions']['torch']}; timings were taken on a "
               "machine shared with other jobs (load averages per row in the JSON), so CPU minutes and tokens/s are "
               "upper and lower bounds of a quiet machine's.", "",
               f"Reproduce: `python benchmarks/finetune_recovery.py {' '.join(meta['argv'])}`", ""]
     return "\n".join(lines)
+
+
+def untrained(name: str) -> bool:
+    """Rows whose model is not fine-tuned: the dense model and one-shot pruning without recovery."""
+    return name == "dense" or (name.startswith("oneshot-") and name.count("-") == 2)
+
+
+def reuse(results: dict, args) -> None:
+    """Copy the untrained rows of results/NAME.json into ``results`` (marked ``reused_from``) if it evaluated the
+    same way; rows already here are kept."""
+    source = json.loads((RESULTS / f"{args.reuse_from}.json").read_text())
+    if source["settings"].get("limit") != args.limit:
+        sys.exit(f"--reuse-from {args.reuse_from}: its rows were evaluated with --limit "
+                 f"{source['settings'].get('limit')}, this table with {args.limit}")
+    have = {r["row"] for r in results["rows"]}
+    if not results.get("dense") and source.get("dense"):
+        results["dense"] = {**source["dense"], "reused_from": args.reuse_from}
+    same_magnitude = source["settings"].get("magnitude_scope") == args.magnitude_scope
+    results["rows"] += [{**r, "reused_from": args.reuse_from} for r in source["rows"]
+                        if untrained(r["row"]) and r["row"] not in have
+                        and (same_magnitude or r["row"].split("-")[1] != "magnitude")]
 
 
 def main() -> int:
@@ -232,6 +262,8 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--iter-steps", type=int, default=4)
+    parser.add_argument("--magnitude-scope", choices=["layer", "row"], help="where magnitude pruning ranks weights "
+                        "(one-shot and iterative rows; default: the method's, layer)")
     parser.add_argument("--heldout-windows", type=int, default=8, help="held-out C4 windows per validation")
     parser.add_argument("--limit", type=int, default=100, help="zero-shot items per task")
     parser.add_argument("--work", help="models and evaluations of every row (default runs/NAME: a table made with "
@@ -239,15 +271,19 @@ def main() -> int:
     parser.add_argument("--name", default="finetune_recovery")
     parser.add_argument("--lock", help="hold this lock file while a row runs (e.g. /tmp/prunelab-heavy.lock)")
     parser.add_argument("--only", help="comma list of row names")
+    parser.add_argument("--reuse-from", metavar="NAME", help="take the rows without fine-tuning (dense, one-shot) "
+                        "from results/NAME.json when it used the same evaluation (--limit): they do not depend on "
+                        "the fine-tuning settings, so a table with another recipe need not measure them again")
     args = parser.parse_args()
     args.work = args.work or f"runs/{args.name}"
 
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    settings = {k: v for k, v in vars(args).items() if k not in ("work", "lock", "only", "name")}
-    if not settings["distill"]:
-        del settings["distill"]  # the tables made before the option existed keep their settings
+    settings = {k: v for k, v in vars(args).items() if k not in ("work", "lock", "only", "name", "reuse_from")}
+    for key in ("distill", "magnitude_scope"):  # the tables made before these options existed keep their settings
+        if not settings[key]:
+            del settings[key]
     if results.get("settings") not in (None, settings):
         sys.exit(f"{out} holds rows made with other settings ({results['settings']}); use another --name")
     results["settings"] = settings
@@ -256,6 +292,8 @@ def main() -> int:
                        "host": host_description(), "versions": package_versions(),
                        "argv": command_line(sys.argv[1:])}
     bench = Bench(args)
+    if args.reuse_from:
+        reuse(results, args)
 
     @contextmanager
     def synced():
