@@ -219,7 +219,8 @@ def markdown(results: dict, args) -> str:
         lines += ["", "Not measured yet: the best two fine-tuned rows at 70%."]
     reused = sorted({r["reused_from"] for r in [results.get("dense") or {}] + rows if r.get("reused_from")})
     if reused:
-        lines += ["", "Rows without fine-tuning (dense, one-shot) were measured for " + ", ".join(f"`{n}.md`" for n in reused)
+        lines += ["", "Rows without fine-tuning (dense, one-shot) were measured for "
+                  + ", ".join(f"`{n}.md`" for n in reused)
                   + " with the same pruning and evaluation and are taken from there (`--reuse-from`)."]
     lines += targets(results)
     lines += ["", f"Host: {meta['host']['cpu_count']} CPUs, torch {meta['versions']['torch']}; timings were taken on a "

@@ -63,7 +63,8 @@ def finetune_config(args, seed_default: int = 0):
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                           min_lr_ratio=args.min_lr_ratio, batch=args.batch, micro_batch=args.micro_batch,
                           seqlen=args.seqlen, lora=args.lora, lora_alpha=args.lora_alpha, lora_targets=targets,
-                          lora_merge=args.lora_merge, l1=args.l1, distill=args.distill, grad_clip=args.grad_clip, seed=seed,
+                          lora_merge=args.lora_merge, l1=args.l1, distill=args.distill, grad_clip=args.grad_clip,
+                          seed=seed,
                           heldout_fraction=args.heldout_fraction, heldout_windows=args.heldout_windows,
                           eval_every=args.eval_every, gradient_checkpointing=args.gradient_checkpointing,
                           debug_masks=args.debug_masks)
@@ -104,7 +105,8 @@ def _finetune(args) -> int:
     from ..train import finetune
 
     config = finetune_config(args, seed_default=args.seed)
-    record = finetune(args.model, out=args.out, config=config, teacher=args.teacher, force=args.force, progress=not args.quiet,
+    record = finetune(args.model, out=args.out, config=config, teacher=args.teacher, force=args.force,
+                      progress=not args.quiet,
                       dtype=args.dtype, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                       eval_windows=args.eval_windows, checkpoint_every=args.checkpoint_every,
                       checkpoint_minutes=args.checkpoint_minutes)

@@ -137,7 +137,8 @@ def _teacher_of(model: str, source_record: dict | None, teacher: str | None) -> 
 
 
 def finetune(model: str = DEFAULT_MODEL, *, out: str | Path, config: FinetuneConfig | None = None,
-             teacher: str | None = None, force: bool = False, progress: bool = True, dtype: str = "float32", eval_data: str | None = None,
+             teacher: str | None = None, force: bool = False, progress: bool = True, dtype: str = "float32",
+             eval_data: str | None = None,
              eval_seqlen: int | None = None, eval_windows: int | None = None, checkpoint_every: int | None = None,
              checkpoint_minutes: float | None = 5.0, stop_after: int | None = None, **config_fields) -> dict:
     """Fine-tune ``model`` (a pruned folder, or anything load_model reads) keeping its zeros; save it to ``out``.

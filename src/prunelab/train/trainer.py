@@ -11,11 +11,11 @@ the base weights stay frozen and the adapters are merged at the end so that the 
   exactly the model that the merge produces (merge cost 0 up to float rounding). It costs a full weight-gradient
   matmul per layer, about what full fine-tuning spends on compute, without AdamW's memory for the base weights.
 
-Distillation (``distill`` = α > 0): the loss is (1 − α)·CE + α·KL(teacher ‖ student) per token at temperature 1,
-the teacher being the dense model (frozen). A pruned model has lost a little of everything the dense one knew, so
-the teacher's whole next-token distribution is a richer target per token than the one observed token: recovery
-per training token is what the budget buys. It costs one teacher forward per micro-batch (about a third of a
-training step) and the teacher's weights in memory.
+Distillation (``distill`` = α > 0): the loss is (1 − α)·CE + α·KL(teacher ‖ student) per token at
+temperature 1, the teacher being the dense model (frozen). A pruned model has lost a little of everything the
+dense one knew, so the teacher's whole next-token distribution is a richer target per token than the one
+observed token: recovery per training token is what the budget buys. It costs one teacher forward per
+micro-batch (about a third of a training step) and the teacher's weights in memory.
 
 A phase is resumable: its state (trainable tensors, optimizer, RNG, step, logs) is handed to a checkpoint
 callback, and ``Phase(..., resume=state)`` continues bit-identically (batches are a pure function of the step,
