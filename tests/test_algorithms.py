@@ -185,7 +185,9 @@ def test_sparsegpt_factor_is_the_upper_cholesky_of_the_damped_inverse():
     x = torch.randn(200, 48, generator=g, dtype=torch.float64)
     h = (x.T @ x).float()
     h[5, :] = h[:, 5] = 0.0  # a dead input
+    given = h.clone()
     u, dead = damped_inverse_cholesky(h, 0.01)
+    assert torch.equal(h, given)  # the caller's Hessian is left as it was (q/k/v and gate/up share it)
     ref = h.double().clone()
     ref[5, 5] = 1.0
     ref.diagonal().add_(0.01 * torch.diagonal(ref).mean())

@@ -11,6 +11,9 @@ file) exist at a time. Methods that need no statistics (magnitude) never run a f
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import functools
 import inspect
 import time
 from dataclasses import dataclass
@@ -310,6 +313,25 @@ class _Timer:
         return _Phase()
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (other C libraries, other systems)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system. A block's temporaries (forward intermediates, Hessians and
+    their factors, a few MB to tens of MB each) are freed into glibc's heap, which keeps them; across blocks that
+    fragmentation held 60-90 MB of the embedded model's peak RSS. Called once per block: ~1 ms."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _forward_copy(block: nn.Module, dtype) -> nn.Module:
     """The module the forwards run on: the block itself, or a copy in the compute dtype (the block keeps its own
     weights, which the algorithms read and write)."""
@@ -460,6 +482,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
             with timer.phase("release"):
                 block.to(home)
                 source.done(i, block)
+                return_freed_memory()
     finally:
         if activations is not None:
             activations.close()
