@@ -99,7 +99,7 @@ def choose_kernels(groups: dict[str, list[torch.Tensor]], batch: int, prompt_len
     """For each group of (out, in) weights: the faster kernel per phase, and the timings behind it."""
     choices = {}
     for name, weights in groups.items():
-        sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        sparsity = sum(w.numel() - int(torch.count_nonzero(w)) for w in weights) / sum(w.numel() for w in weights)
         entry = {"sparsity": sparsity, "decode": "dense", "prefill": "dense", "layers": len(weights)}
         if sparsity >= AUTO_MIN_SPARSITY:
             dense = [lambda x, w=w: nn.functional.linear(x, w) for w in weights]

@@ -197,7 +197,7 @@ def size_summary(model) -> dict:
         seen.add(id(p))
         nbytes = p.numel() * p.element_size()
         dense += nbytes
-        bitmask += (int((p != 0).sum()) * p.element_size() + math.ceil(p.numel() / 8)) if id(p) in prunable else nbytes
+        bitmask += (int(torch.count_nonzero(p)) * p.element_size() + math.ceil(p.numel() / 8)) if id(p) in prunable else nbytes
     summary.update({"dense_checkpoint_bytes": dense, "bitmask_checkpoint_bytes": bitmask})
     return summary
 

@@ -167,8 +167,8 @@ def solve_weight(dense: torch.Tensor, algorithm, stats: LayerStats | None, patte
 def _as_is(adapter: ModelAdapter, name: str, layer, seconds: float = 0.0) -> LayerReport:
     """Report a layer's current state (used where no solve ran)."""
     weight = adapter.get_weight(layer)
-    return LayerReport(name, tuple(weight.shape), float((weight == 0).float().mean()), seconds,
-                       zeros=int((weight == 0).sum()))
+    zeros = weight.numel() - int(torch.count_nonzero(weight))
+    return LayerReport(name, tuple(weight.shape), zeros / weight.numel(), seconds, zeros=zeros)
 
 
 def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps,

@@ -95,7 +95,7 @@ def inference_costs(model, batch: int, prompt_len: int, new_tokens: int) -> dict
     linear_nonzero = linear_total = 0
     for layer in prunable.values():
         weight = layer.weight
-        linear_nonzero += int((weight != 0).sum())
+        linear_nonzero += int(torch.count_nonzero(weight))
         linear_total += weight.numel()
     block_params = {id(p) for p in adapter.blocks.parameters()}
     block_other = sum(p.numel() for p in adapter.blocks.parameters() if id(p) not in prunable)
@@ -111,7 +111,7 @@ def inference_costs(model, batch: int, prompt_len: int, new_tokens: int) -> dict
             continue
         seen.add(id(p))
         params += p.numel()
-        nonzero += int((p != 0).sum())
+        nonzero += int(torch.count_nonzero(p))
         if id(p) not in block_params and id(p) not in head_params and id(p) not in embedding_weights:
             rest += p.numel()
     embedding_row = sum(embedding_weights.values())  # one row of each embedding table per token

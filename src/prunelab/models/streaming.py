@@ -270,7 +270,7 @@ class StreamingBlocks:
         self.outside = {n: t for n, t in state.items() if not n.startswith(self.prefix + ".")}
         # counts for the run's summary (the blocks' are added as they are handed back)
         self.params = sum(t.numel() for t in self.outside.values())
-        self.nonzero = sum(int((self._read_outside(n) != 0).sum()) for n in self.outside)
+        self.nonzero = sum(int(torch.count_nonzero(self._read_outside(n))) for n in self.outside)
         # Only the tensors the model's preamble needs (embeddings) are read now; the head (final norm, LM head)
         # only when something evaluates, and both are dropped again once used.
         from .adapters import _get
@@ -335,7 +335,7 @@ class StreamingBlocks:
         prefix = f"{self.prefix}.{i}."
         state = _unique_state(block, prefix)
         self.params += sum(t.numel() for t in state.values())
-        self.nonzero += sum(int((t != 0).sum()) for t in state.values())
+        self.nonzero += sum(int(torch.count_nonzero(t)) for t in state.values())
         if self.staging is not None:
             shard = self._shard_name(i + 1)
             self.total_bytes += write_safetensors(self.staging / shard, state)
