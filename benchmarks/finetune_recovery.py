@@ -242,6 +242,12 @@ def reuse(results: dict, args) -> None:
     if source["settings"].get("limit") != args.limit:
         sys.exit(f"--reuse-from {args.reuse_from}: its rows were evaluated with --limit "
                  f"{source['settings'].get('limit')}, this table with {args.limit}")
+    from prunelab.record import host_description
+    theirs, ours = source["meta"]["host"].get("torch_threads"), host_description()["torch_threads"]
+    if theirs != ours:  # float32 sums split by thread count: another one-shot model (rounding_noise.md)
+        sys.exit(f"--reuse-from {args.reuse_from}: its one-shot models were pruned on {theirs} torch threads, this "
+                 f"run has {ours}, so its own one-shot models differ from the reused rows; run with "
+                 f"OMP_NUM_THREADS={theirs} or without --reuse-from")
     have = {r["row"] for r in results["rows"]}
     if not results.get("dense") and source.get("dense"):
         results["dense"] = {**source["dense"], "reused_from": args.reuse_from}
