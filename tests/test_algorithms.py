@@ -39,6 +39,22 @@ def test_stats_accumulator_matches_direct_formulas():
     assert_fp32_sums_close(stats_for(x).hessian, x, x)
 
 
+def test_stats_do_not_depend_on_how_sequences_are_batched():
+    # The engine's calibration batch must not change a bit of the statistics (and so of the masks): a batch of
+    # sequences is accumulated one sequence at a time, exactly as batch size 1 would.
+    x = torch.randn(5, 40, 24)
+    needs = frozenset({"hessian", "sq_norm", "mean"})
+    one_by_one, batched = StatsAccumulator(24, needs, "cpu"), StatsAccumulator(24, needs, "cpu")
+    for sequence in x:
+        one_by_one.add(sequence[None])
+    batched.add(x[:3])
+    batched.add(x[3:])
+    a, b = one_by_one.result(), batched.result()
+    assert (a.n_tokens, a.n_samples) == (b.n_tokens, b.n_samples) == (200, 5)
+    assert torch.equal(a.hessian, b.hessian)  # sq_norm: its diagonal
+    assert torch.equal(a.mean_sum, b.mean_sum) and torch.equal(a.seq_sum_sq, b.seq_sum_sq)
+
+
 @pytest.mark.parametrize("scope", ["layer", "row"])
 def test_magnitude_prunes_exactly_the_smallest(scope):
     w = torch.randn(32, 48)

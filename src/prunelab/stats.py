@@ -193,13 +193,17 @@ class StatsAccumulator:
             self.state.update(kind.start(in_features, device))
 
     def add(self, x: torch.Tensor) -> None:
-        """``x``: (sequences, tokens, in_features), or (tokens, in_features) for one sequence."""
+        """``x``: (sequences, tokens, in_features), or (tokens, in_features) for one sequence.
+
+        Sequences are added one at a time, in order, so the float32 sums (and through them the masks) are the
+        same whatever calibration batch the engine ran the forwards with."""
         x = x.detach().float()
         x = x.reshape(-1, x.shape[-2], self.in_features) if x.dim() > 2 else x.reshape(1, -1, self.in_features)
-        self.n_samples += x.shape[0]
-        self.n_tokens += x.shape[0] * x.shape[1]
-        for kind in self.kinds:
-            kind.add(self.state, x)
+        for sequence in x.split(1):
+            self.n_samples += 1
+            self.n_tokens += sequence.shape[1]
+            for kind in self.kinds:
+                kind.add(self.state, sequence)
 
     def result(self) -> LayerStats:
         for kind in self.kinds:
