@@ -134,6 +134,7 @@ def main() -> int:
         ppls = [r["ppl"] for r in ordered if _tool(r) == tool]
         lines.append(f"- {tool}, all runs: mean {statistics.mean(ppls):.3f}, spread **{_spread(ppls):.2%}** over "
                      f"{len(ppls)} runs.")
+    lines += _paired(ordered)
     lines += [
               f"- Reference figure in core_methods.json (an earlier engine on another host, 2 threads): "
               f"{_reference(ref):.3f}.", "",
@@ -142,6 +143,23 @@ def main() -> int:
     (RESULTS / "rounding_noise.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _paired(rows: list[dict]) -> list[str]:
+    """The two tools on the orders both ran (an order run on several thread counts counted once: on one host they
+    gave the same bits)."""
+    by_tool: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_tool.setdefault(_tool(r), {}).setdefault(r["order"], r["ppl"])
+    ours, theirs = by_tool.get("prunelab", {}), by_tool.get("llmcompressor", {})
+    common = [o for o in ours if o in theirs]
+    if len(common) < 2:
+        return []
+    a, b = [ours[o] for o in common], [theirs[o] for o in common]
+    return [f"- Same {len(common)} orders ({', '.join(common)}): prunelab mean {statistics.mean(a):.3f} (spread "
+            f"{_spread(a):.2%}), llm-compressor mean {statistics.mean(b):.3f} (spread {_spread(b):.2%}); prunelab's "
+            f"mean is {statistics.mean(a) / statistics.mean(b) - 1:+.2%} from llm-compressor's, per order "
+            f"{min(x / y - 1 for x, y in zip(a, b)):+.2%} to {max(x / y - 1 for x, y in zip(a, b)):+.2%}."]
 
 
 def _tool(row: dict) -> str:
