@@ -1,6 +1,6 @@
 """What the benchmark scripts measure about a process and the host: load average, and a command's wall time and
 peak RSS as the kernel reports them through GNU time (`/usr/bin/time -v`), i.e. for that one process tree, not a
-figure the measured tool computes about itself.
+figure the measured tool computes about itself; the CPU a figure was measured on; and writing a results page.
 
 Scripts in sub-folders import it with `sys.path.insert(0, str(Path(__file__).resolve().parents[1]))`.
 """
@@ -35,3 +35,18 @@ def run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
         raise SystemExit(f"{TIME} not found: install GNU time (apt-get install time) to measure peak memory")
     proc = subprocess.run([TIME, "-v", *cmd], capture_output=True, text=True)
     return proc, parse_time_v(proc.stderr)
+
+
+def cpu_description() -> str:
+    """The CPU's model and the vector extensions torch dispatches to: another instruction set rounds matmuls
+    differently, so float32 figures name it."""
+    import torch
+    from prunelab.record import host_description
+
+    return f"{host_description()['cpu_model']} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def write_markdown(path: Path, lines: list[str]) -> None:
+    """Write a results page and echo it to the terminal."""
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

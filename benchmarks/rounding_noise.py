@@ -28,10 +28,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "llmcompressor"))
+from measure import cpu_description, write_markdown  # noqa: E402
+from baseline import WORK, evaluate, exported_model, llmc_prune_command, venv_python  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
-WORK = Path(os.environ.get("WORK", "/tmp/llmc"))
-EVAL = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128"]
 
 
 def order_of(name: str, n: int) -> torch.Tensor:
@@ -44,60 +46,55 @@ def order_of(name: str, n: int) -> torch.Tensor:
     raise SystemExit(f"unknown order {name!r}: identity, reversed or permN")
 
 
+def ordered_calibration(tokenizer, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The protocol's calibration ids in order ``name``, that order, and what the record says of the ids."""
+    from prunelab.api import calibration_data
+    from prunelab.config import CalibrationConfig
+
+    ids, info = calibration_data(tokenizer, CalibrationConfig("c4", "train", 64, 512, 0))
+    order = order_of(name, ids.shape[0])
+    return ids[order], order, info
+
+
 def run_order(name: str) -> dict:
     from prunelab.algorithms import get_algorithm
-    from prunelab.api import calibration_data, evaluate
-    from prunelab.config import CalibrationConfig
+    from prunelab.api import evaluate as evaluate_model
     from prunelab.engine import prune_model
     from prunelab.models.loading import load_model
     from prunelab.patterns import Pattern
 
     model, tokenizer, _ = load_model("smollm2-135m")
-    ids, info = calibration_data(tokenizer, CalibrationConfig("c4", "train", 64, 512, 0))
-    order = order_of(name, ids.shape[0])
+    ids, order, info = ordered_calibration(tokenizer, name)
     started = time.perf_counter()
-    prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids[order], progress=True)
+    prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=True)
     seconds = time.perf_counter() - started
-    ev = evaluate(model, tokenizer=tokenizer, data="wikitext2", seqlen=512, max_windows=128, progress=True)
-    return {"tool": "prunelab", "order": name, "first_rows": order[:4].tolist(),
-            "calibration_tokens_sha256": info["tokens_sha256"], "ppl": ev["ppl"], "prune_seconds": seconds,
-            "threads": torch.get_num_threads(), "cpu": _cpu()}
+    ev = evaluate_model(model, tokenizer=tokenizer, data="wikitext2", seqlen=512, max_windows=128, progress=True)
+    return _row("prunelab", name, order, info, ev["ppl"], seconds)
 
 
 def run_order_llmcompressor(name: str) -> dict:
     """The same order through llm-compressor's SparseGPT (run_llmc.py in its venv), evaluated by `prunelab eval`."""
-    from prunelab.api import calibration_data
-    from prunelab.config import CalibrationConfig
     from prunelab.models.loading import load_model
 
-    if not (WORK / "venv/bin/python").exists():
-        raise SystemExit(f"no llm-compressor venv in {WORK}: run benchmarks/llmcompressor/compare.sh once (or set WORK)")
-    folder = subprocess.run([sys.executable, str(ROOT / "benchmarks/llmcompressor/export_inputs.py"), str(WORK)],
-                            check=True, capture_output=True, text=True).stdout.splitlines()[0]
+    venv_python()  # fails early, saying how to make it
+    folder = exported_model()
     _, tokenizer, _ = load_model("smollm2-135m")
-    ids, info = calibration_data(tokenizer, CalibrationConfig("c4", "train", 64, 512, 0))
-    order = order_of(name, ids.shape[0])
-    calib, out, ev = WORK / f"calib-{name}.pt", WORK / f"out-noise-{name}", WORK / f"noise-{name}-eval.json"
-    torch.save(ids[order].clone(), calib)
+    ids, order, info = ordered_calibration(tokenizer, name)
+    calib, out = WORK / f"calib-{name}.pt", WORK / f"out-noise-{name}"
+    torch.save(ids.clone(), calib)
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run([str(WORK / "venv/bin/python"), str(ROOT / "benchmarks/llmcompressor/run_llmc.py"), "--model",
-                    folder, "--calib", str(calib), "--method", "sparsegpt", "--sparsity", "0.5", "--mask-structure",
-                    "0:0", "--threads", str(torch.get_num_threads()), "--out", str(out)], check=True,
-                   capture_output=True)
-    seconds = json.loads((out / "llmc_run.json").read_text())["seconds_oneshot"]
-    subprocess.run([sys.executable, "-m", "prunelab.cli", "eval", str(out), *EVAL, "--json", str(ev), "--quiet"],
+    subprocess.run(llmc_prune_command(folder, calib, "sparsegpt", out, "--threads", str(torch.get_num_threads())),
                    check=True, capture_output=True)
+    seconds = json.loads((out / "llmc_run.json").read_text())["seconds_oneshot"]
+    ppl = evaluate(out, WORK / f"noise-{name}-eval.json")
     shutil.rmtree(out, ignore_errors=True)
-    return {"tool": "llmcompressor", "order": name, "first_rows": order[:4].tolist(),
-            "calibration_tokens_sha256": info["tokens_sha256"], "ppl": json.loads(ev.read_text())["ppl"],
-            "prune_seconds": seconds, "threads": torch.get_num_threads(), "cpu": _cpu()}
+    return _row("llmcompressor", name, order, info, ppl, seconds)
 
 
-def _cpu() -> str:
-    """The CPU's model and vector extensions: another instruction set rounds the matmuls differently."""
-    from prunelab.record import host_description
-    host = host_description()
-    return f"{host['cpu_model']} ({torch.backends.cpu.get_cpu_capability()})"
+def _row(tool: str, name: str, order: torch.Tensor, info: dict, ppl: float, seconds: float) -> dict:
+    return {"tool": tool, "order": name, "first_rows": order[:4].tolist(),
+            "calibration_tokens_sha256": info["tokens_sha256"], "ppl": ppl, "prune_seconds": seconds,
+            "threads": torch.get_num_threads(), "cpu": cpu_description()}
 
 
 def main() -> int:
@@ -140,8 +137,7 @@ def main() -> int:
               f"{_reference(ref):.3f}.", "",
               "Reproduce: `python benchmarks/rounding_noise.py --threads N [--tool llmcompressor]` (one row per tool, "
               "order and thread count; finished rows are kept)"]
-    (RESULTS / "rounding_noise.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(RESULTS / "rounding_noise.md", lines)
     return 0
 
 

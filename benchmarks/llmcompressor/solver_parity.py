@@ -23,17 +23,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from measure import cpu_description, write_markdown  # noqa: E402
+from baseline import ROOT, venv_python  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = Path(os.environ.get("WORK", "/tmp/llmc"))
 PERTURBATION = 1e-7
 
 
@@ -106,24 +108,15 @@ def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-class _Stats:
-    def __init__(self, hessian):
-        self.hessian = hessian
-
-    def require_hessian(self):
-        return self.hessian
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", default="0,15,29", help="comma list of decoder blocks (default 0,15,29)")
     parser.add_argument("--sparsity", type=float, default=0.5)
     args = parser.parse_args()
-    venv_python = WORK / "venv/bin/python"
-    if not venv_python.exists():
-        raise SystemExit(f"no llm-compressor venv in {WORK}: run benchmarks/llmcompressor/compare.sh once (or set WORK)")
+    llmc_python = venv_python()  # fails early, saying how to make it
     from prunelab.algorithms.sparsegpt import SparseGPT
     from prunelab.patterns import Pattern
+    from prunelab.stats import LayerStats
 
     blocks = [int(b) for b in args.blocks.split(",")]
     weights, hessians, info = dense_hessians(blocks)
@@ -131,7 +124,7 @@ def main() -> int:
     variants = {"exact": hessians, "perturbed": {k: perturbed(h, generator) for k, h in hessians.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"W": weights, "H": variants}, Path(tmp) / "in.pt")
-        subprocess.run([str(venv_python), str(ROOT / "benchmarks/llmcompressor/llmc_layer_solve.py"),
+        subprocess.run([str(llmc_python), str(ROOT / "benchmarks/llmcompressor/llmc_layer_solve.py"),
                         str(Path(tmp) / "in.pt"), str(Path(tmp) / "out.pt"), "--sparsity", str(args.sparsity)],
                        check=True, capture_output=True)
         llmc = torch.load(Path(tmp) / "out.pt")
@@ -139,9 +132,9 @@ def main() -> int:
     pattern = Pattern(args.sparsity)
     rows = []
     for key, weight in weights.items():
-        ours = {v: solver.prune(weight, _Stats(h[key]), pattern) for v, h in variants.items()}
+        ours = {v: solver.prune(weight, LayerStats(0, hessian=h[key]), pattern) for v, h in variants.items()}
         with llmcompressor_count():
-            same_count = solver.prune(weight, _Stats(hessians[key]), pattern)
+            same_count = solver.prune(weight, LayerStats(0, hessian=hessians[key]), pattern)
         theirs = {v: llmc[v][key] for v in variants}
         exact = hessians[key]
         row = {"layer": key, "shape": list(weight.shape),
@@ -160,17 +153,14 @@ def main() -> int:
         print(f"{key:22s} error ratio {row['error_ratio']:.5f}  apart {row['weights_apart']:.2e} "
               f"(same count {row['weights_apart_same_count']:.1e})  sensitivity "
               f"{row['sensitivity_prunelab']:.1e} / {row['sensitivity_llmcompressor']:.1e}", flush=True)
-    version = subprocess.run([str(venv_python), "-c", "import importlib.metadata as m; print(m.version('llmcompressor'))"],
+    version = subprocess.run([str(llmc_python), "-c", "import importlib.metadata as m; print(m.version('llmcompressor'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
     write(rows, info, version)
     return 0
 
 
 def write(rows: list[dict], info: dict, llmc_version: str) -> None:
-    from prunelab.record import host_description
-
-    host = host_description()
-    cpu = f"{host['cpu_model']} ({torch.backends.cpu.get_cpu_capability()})"
+    cpu = cpu_description()
     ratios = [r["error_ratio"] for r in rows]
     summary = {"layers": len(rows), "error_ratio_min": min(ratios), "error_ratio_max": max(ratios),
                "error_ratio_mean": sum(ratios) / len(ratios),
@@ -210,8 +200,7 @@ def write(rows: list[dict], info: dict, llmc_version: str) -> None:
               f"{summary['layers_with_a_flipped_mask_under_perturbation']} of {len(rows)}.", "",
               "Reproduce: `python benchmarks/llmcompressor/solver_parity.py` (after `bash "
               "benchmarks/llmcompressor/compare.sh` once)"]
-    (RESULTS / "sparsegpt_solver_parity.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(RESULTS / "sparsegpt_solver_parity.md", lines)
 
 
 if __name__ == "__main__":

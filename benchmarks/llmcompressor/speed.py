@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from measure import loadavg, run_measured  # noqa: E402
+from measure import loadavg, run_measured, write_markdown  # noqa: E402
+from baseline import ROOT, WORK, evaluate, exported_model, llmc_prune_command, venv_python  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = Path(os.environ.get("WORK", "/tmp/llmc"))
 CALIB = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seed", "0"]
-EVAL = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128"]
 RUNS = {  # name -> (tool, method, extra prunelab flags)
     "ours-sparsegpt": ("prunelab", "sparsegpt", []),
     "llmc-sparsegpt": ("llmc", "sparsegpt", []),
@@ -53,11 +49,7 @@ def run_one(name: str, work: Path) -> dict:
         cmd = [sys.executable, "-m", "prunelab.cli", "prune", "--method", method, "--sparsity", "0.5", *CALIB,
                "--device", "cpu", "--offload", "none", *extra, "--out", str(out), "--quiet"]
     else:
-        folder = subprocess.run([sys.executable, str(ROOT / "benchmarks/llmcompressor/export_inputs.py"), str(WORK)],
-                                check=True, capture_output=True, text=True).stdout.splitlines()[0]
-        cmd = [str(WORK / "venv/bin/python"), str(ROOT / "benchmarks/llmcompressor/run_llmc.py"), "--model", folder,
-               "--calib", str(WORK / "calib.pt"), "--method", method, "--sparsity", "0.5", "--mask-structure", "0:0",
-               "--out", str(out)]
+        cmd = llmc_prune_command(exported_model(), work / "calib.pt", method, out)
     row = {"run": name, "tool": tool, "method": method, "extra": extra, "loadavg_start": loadavg()}
     print("$", " ".join(cmd), flush=True)
     proc, measured = run_measured(cmd)
@@ -73,10 +65,7 @@ def run_one(name: str, work: Path) -> dict:
     else:
         record = json.loads((out / "llmc_run.json").read_text())
         row.update({"tool_seconds": record["seconds_oneshot"], "sparsity": record["zero_fraction_targeted"]})
-    ev = work / f"{name}-eval.json"
-    subprocess.run([sys.executable, "-m", "prunelab.cli", "eval", str(out), *EVAL, "--json", str(ev), "--quiet"],
-                   check=True, capture_output=True)
-    row["ppl"] = json.loads(ev.read_text())["ppl"]
+    row["ppl"] = evaluate(out, work / f"{name}-eval.json")
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -90,8 +79,7 @@ def main() -> int:
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--name", default="speed_vs_llmcompressor")
     args = parser.parse_args()
-    if not (WORK / "venv/bin/python").exists():
-        raise SystemExit(f"no llm-compressor venv in {WORK}: run benchmarks/llmcompressor/compare.sh once (or set WORK)")
+    venv_python()  # fails early, saying how to make it
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.name}.json"
     rows = {r["run"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
@@ -165,8 +153,7 @@ def main() -> int:
             lines.append(f"| {label} | {100 * rel:.3f}% | <= {100 * tol:g}% | {'yes' if rel <= tol else 'NO'} |")
     lines += ["", f"Reproduce: `python benchmarks/llmcompressor/speed.py` (after `bash benchmarks/llmcompressor/compare.sh`"
               " has set up the llm-compressor venv)"]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(RESULTS / f"{args.name}.md", lines)
     return 0
 
 
