@@ -78,8 +78,9 @@ class Bench:
         flags = ["--train", "c4", "--tokens", str(a.tokens), "--lr", str(a.lora_lr if lora else a.lr),
                  "--batch", str(a.batch), "--micro-batch", str(a.micro_batch), "--seqlen", str(a.seqlen),
                  "--heldout-windows", str(a.heldout_windows), "--checkpoint-minutes", "3"]
-        if a.distill:  # the teacher: the dense model (iterative: as loaded; finetune: named by the pruned record)
-            flags += ["--distill", str(a.distill)]
+        distill = a.lora_distill if lora and a.lora_distill is not None else a.distill
+        if distill:  # the teacher: the dense model (iterative: as loaded; finetune: named by the pruned record)
+            flags += ["--distill", str(distill)]
         if lora:
             flags += ["--lora", str(a.lora), "--lora-merge", merge]
         return flags
@@ -191,8 +192,7 @@ def markdown(results: dict, args) -> str:
              f"per optimizer step); full fine-tuning lr {args.lr}, LoRA r={args.lora} lr {args.lora_lr}; iterative "
              f"runs: {args.iter_steps} pruning steps, the budget split evenly over them. "
              + (f"Magnitude pruning ranks weights per {args.magnitude_scope}. " if args.magnitude_scope else "")
-             + (f"Loss: distillation from the dense model, (1 - {args.distill}) x CE + {args.distill} x "
-                "KL(dense || pruned) per token (one teacher forward per step on top). " if args.distill else "")
+             + loss_description(args)
              + "Evaluation: "
              f"{meta['eval']}; zero-shot: the 9 tasks, first {args.limit} items each. Dense: "
              f"{fmt((results.get('dense') or {}).get('wikitext2_ppl'), '.2f')} WikiText-2 ppl.", "",
@@ -230,6 +230,16 @@ def markdown(results: dict, args) -> str:
     return "\n".join(lines)
 
 
+def loss_description(args) -> str:
+    """The fine-tuning loss of the table's rows (LoRA rows may have their own, --lora-distill)."""
+    def loss(alpha):
+        return (f"distillation from the dense model, (1 - {alpha}) x CE + {alpha} x KL(dense || pruned) per token "
+                "(one teacher forward per step on top)" if alpha else "cross-entropy on the training text")
+    if args.lora_distill is None or args.lora_distill == args.distill:
+        return f"Loss: {loss(args.distill)}. " if args.distill else ""
+    return f"Loss of full fine-tuning: {loss(args.distill)}; of LoRA: {loss(args.lora_distill)}. "
+
+
 def untrained(name: str) -> bool:
     """Rows whose model is not fine-tuned: the dense model and one-shot pruning without recovery."""
     return name == "dense" or (name.startswith("oneshot-") and name.count("-") == 2)
@@ -265,6 +275,8 @@ def main() -> int:
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora", type=int, default=16)
     parser.add_argument("--distill", type=float, default=0.0, help="fine-tune with --distill ALPHA (dense teacher)")
+    parser.add_argument("--lora-distill", type=float, help="the LoRA rows' --distill ALPHA (default: --distill's; "
+                        "0: plain cross-entropy)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=512)
@@ -288,8 +300,8 @@ def main() -> int:
     out = RESULTS / f"{args.name}.json"
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     settings = {k: v for k, v in vars(args).items() if k not in ("work", "lock", "only", "name", "reuse_from")}
-    for key in ("distill", "magnitude_scope"):  # the tables made before these options existed keep their settings
-        if not settings[key]:
+    for key in ("distill", "magnitude_scope", "lora_distill"):  # tables made before these options keep their settings
+        if settings[key] is None or (key != "lora_distill" and not settings[key]):
             del settings[key]
     if results.get("settings") not in (None, settings):
         sys.exit(f"{out} holds rows made with other settings ({results['settings']}); use another --name")
