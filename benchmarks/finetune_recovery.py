@@ -78,7 +78,7 @@ class Bench:
         flags = ["--train", "c4", "--tokens", str(a.tokens), "--lr", str(a.lora_lr if lora else a.lr),
                  "--batch", str(a.batch), "--micro-batch", str(a.micro_batch), "--seqlen", str(a.seqlen),
                  "--heldout-windows", str(a.heldout_windows), "--checkpoint-minutes", "3"]
-        distill = a.lora_distill if lora and a.lora_distill is not None else a.distill
+        distill = lora_alpha(a) if lora else a.distill
         if distill:  # the teacher: the dense model (iterative: as loaded; finetune: named by the pruned record)
             flags += ["--distill", str(distill)]
         if lora:
@@ -235,9 +235,14 @@ def loss_description(args) -> str:
     def loss(alpha):
         return (f"distillation from the dense model, (1 - {alpha}) x CE + {alpha} x KL(dense || pruned) per token "
                 "(one teacher forward per step on top)" if alpha else "cross-entropy on the training text")
-    if args.lora_distill is None or args.lora_distill == args.distill:
+    if lora_alpha(args) == args.distill:
         return f"Loss: {loss(args.distill)}. " if args.distill else ""
-    return f"Loss of full fine-tuning: {loss(args.distill)}; of LoRA: {loss(args.lora_distill)}. "
+    return f"Loss of full fine-tuning: {loss(args.distill)}; of LoRA: {loss(lora_alpha(args))}. "
+
+
+def lora_alpha(args) -> float:
+    """The LoRA rows' distillation weight: --lora-distill when given, else --distill's."""
+    return args.distill if args.lora_distill is None else args.lora_distill
 
 
 def untrained(name: str) -> bool:
@@ -300,9 +305,11 @@ def main() -> int:
     out = RESULTS / f"{args.name}.json"
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
     settings = {k: v for k, v in vars(args).items() if k not in ("work", "lock", "only", "name", "reuse_from")}
-    for key in ("distill", "magnitude_scope", "lora_distill"):  # tables made before these options keep their settings
-        if settings[key] is None or (key != "lora_distill" and not settings[key]):
+    for key in ("distill", "magnitude_scope"):  # the tables made before these options existed keep their settings
+        if not settings[key]:
             del settings[key]
+    if settings["lora_distill"] is None:  # 0 (plain loss for LoRA) is a setting; unset is not
+        del settings["lora_distill"]
     if results.get("settings") not in (None, settings):
         sys.exit(f"{out} holds rows made with other settings ({results['settings']}); use another --name")
     results["settings"] = settings
