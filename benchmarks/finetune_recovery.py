@@ -17,6 +17,8 @@ from its checkpoint. With --lock FILE each row holds that lock (the shared machi
 
     python benchmarks/finetune_recovery.py --lock /tmp/prunelab-heavy.lock
     python benchmarks/finetune_recovery.py --only iter-magnitude-0.5-cubic   # one row
+    python benchmarks/finetune_recovery.py --only oneshot-wanda-0.7-lora      # a 70% row before the 50% table is done
+    python benchmarks/finetune_recovery.py --iter-final-share 0.5 --only iter-magnitude-0.5-cubic-final50
 """
 from __future__ import annotations
 
@@ -34,9 +36,15 @@ RESULTS = Path(__file__).parent / "results"
 CALIB = ["--calib", "c4", "--calib-samples", "64", "--calib-seqlen", "512", "--seed", "0"]
 EVAL = ["--data", "wikitext2", "--split", "test", "--seqlen", "512", "--max-windows", "128"]
 SCHEDULES = ("constant", "linear", "exponential", "cubic")
-ROWS_AT_50 = ["oneshot-magnitude-0.5", "oneshot-sparsegpt-0.5", "oneshot-magnitude-0.5-ft",
-              *[f"iter-magnitude-0.5-{s}" for s in SCHEDULES],
-              "oneshot-wanda-0.5-lora", "oneshot-sparsegpt-0.5-lora", "oneshot-sparsegpt-0.5-lora_masked"]
+
+
+def rows_at_50(args) -> list[str]:
+    """The 50% rows; iterative rows made with --iter-final-share F end in -finalNN (NN = 100·F), so rows of both
+    budget splits can stand in one table."""
+    final = f"-final{round(100 * args.iter_final_share)}" if args.iter_final_share else ""
+    return ["oneshot-magnitude-0.5", "oneshot-sparsegpt-0.5", "oneshot-magnitude-0.5-ft",
+            *[f"iter-magnitude-0.5-{s}{final}" for s in SCHEDULES],
+            "oneshot-wanda-0.5-lora", "oneshot-sparsegpt-0.5-lora", "oneshot-sparsegpt-0.5-lora_masked"]
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -111,14 +119,18 @@ class Bench:
                 return out, {"how": f"one-shot {method}, then " + (f"LoRA r={self.args.lora} ({merge})" if lora
                                                                      else "full fine-tuning")}
             return self.pruned(method, level), {"how": f"one-shot {method}, no fine-tuning"}
-        schedule = rest[0]
+        schedule, *variant = rest  # iter-METHOD-LEVEL-SCHEDULE[-finalNN]
+        final = int(variant[0].removeprefix("final")) / 100 if variant else None
         if not out.exists():
             extra = CALIB if method != "magnitude" else []
+            extra += ["--final-share", str(final)] if final else []
             run(self.cli + ["iterative", "--method", method, "--target", level, "--schedule", schedule,
                             "--steps", str(self.args.iter_steps), *extra, *self.scope(method), *self.training(False),
                             "--out", str(out),
                             "--quiet"], self.log)
-        return out, {"how": f"iterative {method}, {schedule} schedule, {self.args.iter_steps} steps, full fine-tuning"}
+        split = f"{final:.0%} of the budget after the last step" if final else "the budget split evenly"
+        return out, {"how": f"iterative {method}, {schedule} schedule, {self.args.iter_steps} steps, full "
+                            f"fine-tuning, {split}"}
 
     def evaluate(self, model: Path, name: str) -> dict:
         path = self.work / f"{name}.eval.json"
@@ -190,7 +202,8 @@ def markdown(results: dict, args) -> str:
     lines = ["# Recovery fine-tuning and iterative pruning: smollm2-135m", "",
              f"Budget per fine-tuned row: {args.tokens:,} training tokens of C4 ({args.batch} x {args.seqlen} tokens "
              f"per optimizer step); full fine-tuning lr {args.lr}, LoRA r={args.lora} lr {args.lora_lr}; iterative "
-             f"runs: {args.iter_steps} pruning steps, the budget split evenly over them. "
+             f"runs: {args.iter_steps} pruning steps, the budget split evenly over them (rows ending -finalNN: NN% "
+             "of it after the last step, the rest evenly over the others; `--iter-final-share`). "
              + (f"Magnitude pruning ranks weights per {args.magnitude_scope}. " if args.magnitude_scope else "")
              + loss_description(args)
              + "Evaluation: "
@@ -212,7 +225,7 @@ def markdown(results: dict, args) -> str:
                      f"{fmt(r.get('train_cpu_minutes'), '.1f')} | {fmt(r.get('tokens_per_second'), '.0f')} | "
                      f"{fmt(r.get('peak_rss_mb'), '.0f')} | {held} |")
     made = {r["row"] for r in rows} | ({"dense"} if results.get("dense") else set())
-    missing = [n for n in ["dense", *ROWS_AT_50] if n not in made]
+    missing = [n for n in ["dense", *rows_at_50(args)] if n not in made]
     if missing:
         lines += ["", "Not measured yet: " + ", ".join(missing) + "; then the best two fine-tuned rows at 70%."]
     elif not results.get("best_two_at_50"):
@@ -286,6 +299,8 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--iter-steps", type=int, default=4)
+    parser.add_argument("--iter-final-share", type=float, metavar="F", help="iterative rows spend this fraction of "
+                        "the budget after the last pruning step (rows named ...-finalNN; default: an even split)")
     parser.add_argument("--magnitude-scope", choices=["layer", "row"], help="where magnitude pruning ranks weights "
                         "(one-shot and iterative rows; default: the method's, layer)")
     parser.add_argument("--heldout-windows", type=int, default=8, help="held-out C4 windows per validation")
@@ -304,7 +319,8 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    settings = {k: v for k, v in vars(args).items() if k not in ("work", "lock", "only", "name", "reuse_from")}
+    settings = {k: v for k, v in vars(args).items()  # iter_final_share: in the iterative rows' names
+                if k not in ("work", "lock", "only", "name", "reuse_from", "iter_final_share")}
     for key in ("distill", "magnitude_scope"):  # the tables made before these options existed keep their settings
         if not settings[key]:
             del settings[key]
@@ -361,12 +377,13 @@ def main() -> int:
         return row
 
     do("dense", lambda: (Path("smollm2-135m"), {"how": "dense"}))
-    for name in ROWS_AT_50:
+    at_50 = rows_at_50(args)
+    for name in at_50:
         do(name, lambda name=name: bench.row(name))
     # the best two fine-tuned configurations at 50% (of different pruning methods), by held-out C4 loss (not the
     # test set), again at 70%
-    tuned = [r for r in results["rows"] if r["row"] in ROWS_AT_50 and r.get("heldout_loss_end") is not None]
-    if {n for n in ROWS_AT_50 if not n.endswith("0.5")} <= {r["row"] for r in tuned}:
+    tuned = [r for r in results["rows"] if r["row"] in at_50 and r.get("heldout_loss_end") is not None]
+    if {n for n in at_50 if not n.endswith("0.5")} <= {r["row"] for r in tuned}:
         # one row per pruning method (oneshot-sparsegpt, oneshot-wanda, iter-magnitude, ...): the merge variants of
         # one method are not two configurations
         per_method: dict[str, dict] = {}
@@ -378,6 +395,11 @@ def main() -> int:
             name = r["row"].replace("-0.5", "-0.7")
             if name.startswith("oneshot"):
                 do(name.rsplit("-", 1)[0], lambda n=name.rsplit("-", 1)[0]: bench.row(n))  # 70% without fine-tuning
+            do(name, lambda name=name: bench.row(name))
+    # 70% rows named in --only run even before every 50% row is in (their choice is still the table's: the page
+    # lists best_two_at_50 once the 50% rows are complete)
+    for name in (args.only or "").split(","):
+        if "-0.7" in name:
             do(name, lambda name=name: bench.row(name))
     with synced():
         save()

@@ -91,6 +91,10 @@ def test_schedule_arguments_are_checked():
 
 def test_steps_are_split_evenly_and_lr_follows_warmup_then_cosine():
     assert split_steps(10, 3) == [3, 3, 4] and split_steps(9, 3) == [3, 3, 3]
+    # --final-share: round(F·total) after the last pruning step, the rest evenly (remainder last) before it
+    assert split_steps(128, 8, 0.5) == [9, 9, 9, 9, 9, 9, 10, 64]
+    assert split_steps(128, 8, 0.75) == [4, 4, 4, 5, 5, 5, 5, 96]
+    assert split_steps(10, 1, 0.3) == [10]  # one phase takes the whole budget
     cfg = FinetuneConfig(steps=10, lr=1.0, warmup=0.2, min_lr_ratio=0.1)
     lrs = [learning_rate(cfg, s, 10) for s in range(10)]
     assert lrs[:2] == [0.5, 1.0]  # ceil(0.2 * 10) = 2 warm-up steps
@@ -407,6 +411,19 @@ def test_cli_finetune_and_iterative(pruned_folder, corpus, tmp_path, capsys):
     steps = rec["iterative"]["steps_record"]
     assert rec["iterative"]["mode"] == "threshold" and all(s["scope"] == "global" for s in steps)
     assert 0 < steps[0]["sparsity"] <= steps[1]["sparsity"] <= 0.5
+    assert main(["iterative", "--model", str(pruned_folder.parent / "src"), "--method", "magnitude", "--target", "0.5",
+                 "--schedule", "cubic", "--steps", "3", "--final-share", "0.6", "--train", str(corpus), "--train-steps",
+                 "10", "--batch", "2", "--seqlen", "16", "--heldout-windows", "2", "--out", str(tmp_path / "fs"),
+                 "--quiet"]) == 0
+    rec = json.loads((tmp_path / "fs" / "prunelab.json").read_text())
+    assert rec["iterative"]["final_share"] == 0.6 and rec["iterative"]["phase_steps"] == [2, 2, 6]
+    assert [s["finetune"]["steps"] for s in rec["iterative"]["steps_record"]] == [2, 2, 6]
+    assert rec["summary"]["sparsity"] == 0.5
+    capsys.readouterr()
+    for bad in ("1.0", "0"):
+        assert main(["iterative", "--method", "magnitude", "--target", "0.5", "--steps", "2", "--final-share", bad,
+                     "--train-steps", "4", "--out", str(tmp_path / "y")]) == 2
+        assert "--final-share" in capsys.readouterr().err
     assert main(["iterative", "--method", "wanda", "--target", "0.5", "--threshold", "0.1", "--steps", "2",
                  "--train-steps", "2", "--out", str(tmp_path / "x")]) == 2  # threshold needs magnitude
     assert "threshold mode" in capsys.readouterr().err

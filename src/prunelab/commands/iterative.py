@@ -1,5 +1,5 @@
 """``prunelab iterative --method M --target S --schedule constant|linear|exponential|cubic --steps K
-[--rate R | --threshold T] (--tokens T | --train-steps N) --out DIR``: prune in K steps to S, fine-tuning
+[--rate R | --threshold T] [--final-share F] (--tokens T | --train-steps N) --out DIR``: prune in K steps to S, fine-tuning
 (with the mask kept) after each step."""
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
                    "(K follows from it)")
     p.add_argument("--threshold", type=float, help="each step prunes every weight with |w| < T (magnitude), "
                    "capped at --target")
+    p.add_argument("--final-share", type=float, metavar="F",
+                   help="fraction of the fine-tuning budget spent after the last pruning step, the rest split evenly "
+                        "over the earlier steps (default: the budget split evenly over all K steps)")
     p.add_argument("--scope", choices=["layer", "row", "global"], help="where sparsity is counted (method default)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, e.g. --opt dampening=0.01")
     p.add_argument("--calib", default="c4")
@@ -57,7 +60,7 @@ def _iterative(args) -> int:
                        calibration=_calibration(args), device=args.device, dtype=args.dtype, force=args.force,
                        progress=not args.quiet, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                        eval_windows=args.eval_windows, checkpoint_every=args.checkpoint_every,
-                       checkpoint_minutes=args.checkpoint_minutes)
+                       checkpoint_minutes=args.checkpoint_minutes, final_share=args.final_share)
     summary = summary_of(record, args.out)
     summary["schedule"] = [{"step": s["step"], "target": round(s["target"], 6), "sparsity": s["sparsity"],
                             "heldout_ppl_end": next((h["ppl"] for h in reversed(s["finetune"]["heldout"])), None)}

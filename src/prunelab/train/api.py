@@ -206,15 +206,17 @@ def iterative(model: str = DEFAULT_MODEL, *, method: str, target: float, out: st
               calibration: CalibrationConfig | None = None, device: str | None = None, dtype: str = "float32",
               force: bool = False, progress: bool = True, eval_data: str | None = None, eval_seqlen: int | None = None,
               eval_windows: int | None = None, checkpoint_every: int | None = None,
-              checkpoint_minutes: float | None = 5.0, stop_after: int | None = None) -> dict:
+              checkpoint_minutes: float | None = 5.0, stop_after: int | None = None,
+              final_share: float | None = None) -> dict:
     """Prune ``model`` to ``target`` in steps following ``schedule`` (or ``rate`` / ``threshold``), fine-tuning
-    after each step with ``finetune`` (its budget is the total over all steps), and save the result to ``out``.
+    after each step with ``finetune`` (its budget is the total over all steps: split evenly, or ``final_share`` of
+    it after the last step), and save the result to ``out``.
     With ``finetune.distill`` > 0 every phase distils from the dense ``model`` as loaded."""
     from ..api import calibration_data, sparsity_summary
 
     prune_config = PruneConfig(method=method, model=model, sparsity=target, scope=scope,
                                method_options=method_options or {}, calibration=calibration, device=device, dtype=dtype)
-    config = IterativeConfig(prune_config, schedule, steps, rate, threshold)
+    config = IterativeConfig(prune_config, schedule, steps, rate, threshold, final_share)
     loaded, tokenizer, source = load_model(model, dtype)
     teacher = copy.deepcopy(loaded) if finetune.distill else None  # the dense model, before any pruning step
     data = training_data(tokenizer, finetune.train, finetune.split, finetune.seqlen, finetune.heldout_fraction,

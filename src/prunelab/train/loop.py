@@ -8,7 +8,8 @@ folder; a rerun continues from there and ends with the same bytes as an uninterr
 Per step k the pruner is any registered method run by the sequential engine at the step's cumulative target
 s_k, with the masks of the earlier steps as priors (engine.prune_model(prior_masks=...)): already-pruned weights
 are chosen first and stay zero, so each step adds exactly (s_k − s_{k−1})·n zeros per layer (layer scope; row scope
-per row). The fine-tuning budget (tokens or optimizer steps) is the total over all phases, split evenly.
+per row). The fine-tuning budget (tokens or optimizer steps) is the total over all phases, split evenly, or with
+``final_share`` that fraction after the last step and the rest evenly over the others.
 Threshold mode (seed 003): step k prunes every weight with |w| < T (one global threshold; magnitude only), capped
 at the target.
 """
@@ -33,6 +34,7 @@ class IterativeConfig:
     steps: int | None = None  # pruning steps K
     rate: float | None = None  # constant schedule given as the fraction of remaining weights pruned per step
     threshold: float | None = None  # prune |w| < threshold each step (magnitude), capped at the target
+    final_share: float | None = None  # fraction of the fine-tuning budget after the last step (None: even split)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -48,6 +50,9 @@ class IterativeConfig:
                 raise ValueError(f"the threshold must be > 0, got {self.threshold}")
             if self.steps is None or self.steps < 1:
                 raise ValueError("threshold mode needs --steps K (how many prune/fine-tune rounds)")
+        if self.final_share is not None and not 0 < self.final_share < 1:
+            raise ValueError(f"--final-share is the fraction of the fine-tuning budget spent after the last pruning "
+                             f"step, in (0, 1); got {self.final_share}")
         self.targets()  # validates target, steps and rate together
 
     @property
@@ -110,10 +115,10 @@ def run_steps(model, data, finetune: FinetuneConfig, *, iterative: IterativeConf
     given, is called after each step's fine-tuning and its dict recorded. ``stop_after`` (tests) stops, as a kill
     would, after that many optimizer steps in total. Returns (model, record of the steps, masks)."""
     targets = iterative.targets() if iterative else [None]
-    phase_steps = split_steps(finetune.total_steps, len(targets))
+    phase_steps = split_steps(finetune.total_steps, len(targets), iterative.final_share if iterative else None)
     if min(phase_steps) < 1:
-        raise ValueError(f"{finetune.total_steps} optimizer steps cannot be split over {len(targets)} pruning steps; "
-                         "raise --tokens/--train-steps or lower --steps")
+        raise ValueError(f"{finetune.total_steps} optimizer steps cannot be split over {len(targets)} pruning steps "
+                         f"as {phase_steps}; raise --tokens/--train-steps, lower --steps or change --final-share")
     params = dict(model.named_parameters())  # the same Parameter objects through LoRA wrapping and merging
     masks = Masks.from_model(model)
     steps_done, records, k, stage, phase_state = 0, [], 0, ("prune" if iterative else "train"), None

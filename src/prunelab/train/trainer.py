@@ -139,8 +139,14 @@ def learning_rate(config: FinetuneConfig, step: int, steps: int) -> float:
     return low + (config.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def split_steps(total: int, phases: int) -> list[int]:
-    """``total`` optimizer steps spread over ``phases`` as evenly as possible, the remainder to the last ones."""
+def split_steps(total: int, phases: int, final_share: float | None = None) -> list[int]:
+    """``total`` optimizer steps spread over ``phases`` as evenly as possible, the remainder to the last ones.
+
+    ``final_share`` F gives the last phase round(F·total) steps and spreads the rest evenly over the others: an
+    iterative run then trains mostly at its final sparsity (Zhu & Gupta keep training after the pruning window)."""
+    if final_share is not None and phases > 1:
+        last = round(final_share * total)
+        return split_steps(total - last, phases - 1) + [last]
     base, extra = divmod(total, phases)
     return [base + (1 if i >= phases - extra else 0) for i in range(phases)]
 
