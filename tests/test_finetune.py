@@ -490,3 +490,9 @@ def test_sweep_recovery_specs_and_settings_are_checked():
     config = sweep_config_from_dict({"methods": ["magnitude+lora"], "levels": [0.5],
                                      "finetune": {"tokens": 10**5, "lora": 8}})
     assert config.runs()[0].recovery == Recovery("lora", None)
+    # iter_final_share joins an iterative run's identity only when given (earlier runs keep theirs)
+    from prunelab.bench.recovery import identity
+    even = identity({"tokens": 10**5}, Recovery("full", "cubic"))
+    final = identity({"tokens": 10**5, "iter_final_share": "0.5"}, Recovery("full", "cubic"))
+    assert "iter_final_share" not in even and final["iter_final_share"] == 0.5
+    assert {k: v for k, v in final.items() if k != "iter_final_share"} == even

@@ -8,7 +8,8 @@ A sweep method may carry recovery steps after its pruning steps:
 
 e.g. ``magnitude+iter-linear``, ``sparsegpt+lora``, ``wanda+iter+lora``. The fine-tuning settings are the sweep's
 ``finetune:`` mapping (YAML/TOML) or ``--finetune KEY=VALUE`` flags: any FinetuneConfig field (``tokens`` or ``steps``
-is required; ``lora`` is the rank used by ``+lora``, default 16) plus ``iter_steps`` (default 5). They are part of
+is required; ``lora`` is the rank used by ``+lora``, default 16) plus ``iter_steps`` (default 5) and
+``iter_final_share`` (the share of the budget after the last pruning step; default an even split). They are part of
 each run's identity. A run killed during fine-tuning resumes from its checkpoint (``STORE.work/KEY/``) when the
 sweep is rerun, as ``prunelab finetune`` does.
 """
@@ -25,6 +26,7 @@ from ..train.schedules import SCHEDULES
 DEFAULT_SCHEDULE = "cubic"
 DEFAULT_ITER_STEPS = 5
 DEFAULT_LORA_RANK = 16
+ITER_SETTINGS = {"iter_steps", "iter_final_share"}  # sweep finetune settings beyond FinetuneConfig's fields
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,9 @@ def finetune_config(settings: dict, recovery: Recovery):
     from ..train import FinetuneConfig
 
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = set(settings) - fields - {"iter_steps"}
+    unknown = set(settings) - fields - ITER_SETTINGS
     if unknown:
-        raise ValueError(f"unknown finetune setting(s) {sorted(unknown)}; known: {sorted(fields | {'iter_steps'})}")
+        raise ValueError(f"unknown finetune setting(s) {sorted(unknown)}; known: {sorted(fields | ITER_SETTINGS)}")
     values = {k: v for k, v in settings.items() if k in fields}
     if values.get("tokens") is None and values.get("steps") is None:
         raise ValueError("runs with +ft, +lora or +iter need a fine-tuning budget: finetune: {tokens: T} in the "
@@ -75,6 +77,11 @@ def finetune_config(settings: dict, recovery: Recovery):
 
 def iter_steps(settings: dict) -> int:
     return int(settings.get("iter_steps", DEFAULT_ITER_STEPS))
+
+
+def iter_final_share(settings: dict) -> float | None:
+    share = settings.get("iter_final_share")
+    return None if share is None else float(share)
 
 
 def training_data_for(ft, tokenizer, cache: dict):
@@ -94,6 +101,8 @@ def identity(settings: dict, recovery: Recovery, tokenizer=None, cache: dict | N
     ident = {"recovery": dataclasses.asdict(recovery), "finetune": ft.to_dict()}
     if recovery.schedule:
         ident["iter_steps"] = iter_steps(settings)
+        if iter_final_share(settings) is not None:  # absent when unset: earlier runs keep their identity
+            ident["iter_final_share"] = iter_final_share(settings)
     if tokenizer is not None:
         ident["data"] = training_data_for(ft, tokenizer, cache if cache is not None else {}).identity
     return ident
@@ -117,7 +126,8 @@ def run(model, tokenizer, prune_config, recovery: Recovery, settings: dict, cali
     teacher = copy.deepcopy(model) if ft.distill else None  # the dense model: every run starts from it
     iterative = None
     if recovery.schedule:
-        iterative = IterativeConfig(prune_config, recovery.schedule, iter_steps(settings))
+        iterative = IterativeConfig(prune_config, recovery.schedule, iter_steps(settings),
+                                    final_share=iter_final_share(settings))
     elif resume is None:  # a resumed one-shot run gets its pruned (and partly trained) weights from the checkpoint
         prune_model(model, prune_config.algorithm(), prune_config.pattern_obj(), calibration,
                     device=prune_config.device, progress=progress, post=prune_config.post_steps())
