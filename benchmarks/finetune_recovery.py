@@ -213,7 +213,7 @@ def markdown(results: dict, args) -> str:
              "train tokens | train CPU min | tokens/s | peak RSS MB | "
              "held-out C4 loss start → end (iterative: after the first pruning step → end) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in [results.get("dense")] + rows:
+    for r in [results.get("dense")] + sorted(rows, key=lambda r: display_order(r["row"])):
         if not r:
             continue
         held = (f"{r['heldout_loss_start']:.3f} → {r['heldout_loss_end']:.3f}" if r.get("heldout_loss_start") else "-")
@@ -230,6 +230,9 @@ def markdown(results: dict, args) -> str:
         lines += ["", "Not measured yet: " + ", ".join(missing) + "; then the best two fine-tuned rows at 70%."]
     elif not results.get("best_two_at_50"):
         lines += ["", "Not measured yet: the best two fine-tuned rows at 70%."]
+    if results.get("best_two_at_50"):
+        lines += ["", "70% rows: the two best fine-tuned configurations at 50% of different pruning methods by "
+                  "held-out C4 loss: " + ", ".join(results["best_two_at_50"]) + "."]
     reused = sorted({r["reused_from"] for r in [results.get("dense") or {}] + rows if r.get("reused_from")})
     if reused:
         lines += ["", "Rows without fine-tuning (dense, one-shot) were measured for "
@@ -241,6 +244,17 @@ def markdown(results: dict, args) -> str:
               "upper and lower bounds of a quiet machine's.", "",
               f"Reproduce: `python benchmarks/finetune_recovery.py {' '.join(meta['argv'])}`", ""]
     return "\n".join(lines)
+
+
+def display_order(name: str) -> tuple:
+    """Table order: by level, then one-shot, one-shot + full FT, iterative (schedules in order, even split first),
+    LoRA rows; methods alphabetically within a kind."""
+    kind, method, level, *rest = name.split("-")
+    if kind == "iter":
+        rank = 2 + SCHEDULES.index(rest[0]) / 10 + (0.05 if len(rest) > 1 else 0)
+    else:
+        rank = {(): 0, ("ft",): 1}.get(tuple(rest), 3)
+    return float(level), rank, method, name
 
 
 def loss_description(args) -> str:
