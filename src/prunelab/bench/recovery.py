@@ -80,8 +80,9 @@ def iter_steps(settings: dict) -> int:
 
 
 def iter_final_share(settings: dict) -> float | None:
-    share = settings.get("iter_final_share")
-    return None if share is None else float(share)
+    from ..train.trainer import check_final_share
+
+    return check_final_share(settings.get("iter_final_share"))
 
 
 def training_data_for(ft, tokenizer, cache: dict):
@@ -101,8 +102,8 @@ def identity(settings: dict, recovery: Recovery, tokenizer=None, cache: dict | N
     ident = {"recovery": dataclasses.asdict(recovery), "finetune": ft.to_dict()}
     if recovery.schedule:
         ident["iter_steps"] = iter_steps(settings)
-        if iter_final_share(settings) is not None:  # absent when unset: earlier runs keep their identity
-            ident["iter_final_share"] = iter_final_share(settings)
+        if (share := iter_final_share(settings)) is not None:  # absent when unset: earlier runs keep their identity
+            ident["iter_final_share"] = share
     if tokenizer is not None:
         ident["data"] = training_data_for(ft, tokenizer, cache if cache is not None else {}).identity
     return ident

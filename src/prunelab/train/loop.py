@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import PruneConfig
-from .trainer import FinetuneConfig, Phase, split_steps
+from .trainer import FinetuneConfig, Phase, check_final_share, split_steps
 from .masks import Masks
 from .schedules import SCHEDULES, schedule_targets
 
@@ -50,9 +50,7 @@ class IterativeConfig:
                 raise ValueError(f"the threshold must be > 0, got {self.threshold}")
             if self.steps is None or self.steps < 1:
                 raise ValueError("threshold mode needs --steps K (how many prune/fine-tune rounds)")
-        if self.final_share is not None and not 0 < self.final_share < 1:
-            raise ValueError(f"--final-share is the fraction of the fine-tuning budget spent after the last pruning "
-                             f"step, in (0, 1); got {self.final_share}")
+        check_final_share(self.final_share)
         self.targets()  # validates target, steps and rate together
 
     @property

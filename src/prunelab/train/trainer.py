@@ -139,6 +139,16 @@ def learning_rate(config: FinetuneConfig, step: int, steps: int) -> float:
     return low + (config.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def check_final_share(final_share: float | None) -> float | None:
+    """``final_share`` as a float, after checking it is a fraction in (0, 1) (None: an even split)."""
+    if final_share is None:
+        return None
+    if not 0 < float(final_share) < 1:
+        raise ValueError(f"--final-share is the fraction of the fine-tuning budget spent after the last pruning "
+                         f"step, in (0, 1); got {final_share}")
+    return float(final_share)
+
+
 def split_steps(total: int, phases: int, final_share: float | None = None) -> list[int]:
     """``total`` optimizer steps spread over ``phases`` as evenly as possible, the remainder to the last ones.
 
