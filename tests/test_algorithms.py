@@ -254,3 +254,18 @@ def test_alps_eigendecomposition_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("n", [1, 127, 300, 777])
+def test_triangular_inverse_by_halves_matches_a_triangular_solve(n):
+    from prunelab.algorithms.sparsegpt import inverse_lower_triangular
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n + 40, n, generator=g, dtype=torch.float64)
+    lower = torch.linalg.cholesky(x.T @ x + torch.eye(n, dtype=torch.float64))
+    got = inverse_lower_triangular(lower, torch.zeros_like(lower), base=64)
+    expected = torch.linalg.solve_triangular(lower, torch.eye(n, dtype=torch.float64), upper=False)
+    assert torch.equal(got, torch.tril(got))
+    # fp64, condition number of L below ~1e2: both agree to a few ulps of the largest entry
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+    torch.testing.assert_close(got @ lower, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (layer math is fp32 regardless)")
     p.add_argument("--compute-dtype", help="dtype of the block forwards and activations, e.g. bfloat16 (default: "
                    "--dtype); weights keep --dtype, statistics are accumulated in fp32")
+    p.add_argument("--cpu-linear", choices=["auto", "onednn", "aten"], default="auto", help="CPU kernel of the "
+                   "float32 Linear layers in the block forwards: onednn (auto, where torch has it; faster than "
+                   "aten's MKL sgemm on the hosts measured) or aten (torch's default matmul); results differ by float "
+                   "rounding only")
     p.add_argument("--calib-batch-size", type=int, help="calibration sequences per block forward (default: about "
                    "512 tokens on CPU, 16384 on CUDA)")
     p.add_argument("--offload", choices=["auto", "disk", "none"], default="auto", help="disk: stream the model one "
@@ -257,7 +261,8 @@ def _prune(args) -> int:
                          refine=args.refine, refit=args.refit, diagnostics=args.diagnostics,
                          bias_correction=args.bias_correction, structure=args.structure,
                          allocation=args.allocation, calib_batch_size=args.calib_batch_size,
-                         compute_dtype=args.compute_dtype, offload=args.offload, offload_share=args.offload_share,
+                         compute_dtype=args.compute_dtype, cpu_linear=args.cpu_linear, offload=args.offload,
+                         offload_share=args.offload_share,
                          max_activation_memory=args.max_activation_memory,
                          allocation_options={k: v for k, v in (("owl_m", args.owl_m), ("owl_lambda", args.owl_lambda),
                                                                ("search_budget", args.search_budget)) if v is not None})

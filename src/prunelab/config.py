@@ -73,6 +73,7 @@ class PruneConfig:
     # How the engine computes (engine/sequential.py EngineOptions); offload and memory never change a result.
     calib_batch_size: int | None = None  # calibration sequences per block forward (None: ~512 tokens CPU, 16k CUDA)
     compute_dtype: str | None = None  # dtype of block forwards (None: the model's); statistics stay fp32
+    cpu_linear: str = "auto"  # CPU kernel of fp32 Linear layers in block forwards: auto | onednn | aten (engine/linear.py)
     offload: str = "auto"  # "disk": stream blocks from disk; "none": load the model; "auto": disk when too big
     offload_share: float = 0.5  # "auto" streams when the weights exceed this share of available memory
     max_activation_memory: int | str | None = None  # host memory for activations before they spill to disk
@@ -127,6 +128,8 @@ class PruneConfig:
         import torch
         if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available here; use --device cpu")
+        from .engine.linear import resolve_cpu_linear
+        resolve_cpu_linear(self.cpu_linear, self.device)  # raises when oneDNN is asked for and absent
 
     def algorithm(self):
         return get_algorithm(self.method, **self.method_options)
@@ -137,7 +140,7 @@ class PruneConfig:
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(batch_size=self.calib_batch_size, compute_dtype=self.compute_dtype,
-                             max_activation_memory=self.max_activation_memory)
+                             max_activation_memory=self.max_activation_memory, cpu_linear=self.cpu_linear)
 
     def post_steps(self) -> PostSteps:
         return PostSteps(self.refine, self.refit, self.diagnostics, self.bias_correction)

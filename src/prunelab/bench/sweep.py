@@ -309,15 +309,22 @@ def compute_identity(cfg: PruneConfig) -> dict:
     kernels round differently; the batch shape changes float sums)."""
     import torch
 
+    from ..engine.linear import resolve_cpu_linear
+
     device = torch.device(cfg.device)
     calib = cfg.calibration
-    return {"device": device.type, "dtype": cfg.dtype, "compute_dtype": cfg.compute_dtype or cfg.dtype,
-            "calib_batch": cfg.engine_options().batch_for(calib.seqlen, device) if calib else None}
+    compute_dtype = cfg.compute_dtype or cfg.dtype
+    identity = {"device": device.type, "dtype": cfg.dtype, "compute_dtype": compute_dtype,
+                "calib_batch": cfg.engine_options().batch_for(calib.seqlen, device) if calib else None}
+    # oneDNN float32 forwards round differently from aten's; aten runs keep the identity they always had
+    if compute_dtype == "float32" and resolve_cpu_linear(cfg.cpu_linear, device) == "onednn":
+        identity["cpu_linear"] = "onednn"
+    return identity
 
 
 # settings that only place work (memory, disk), never change a result: not part of a run's identity
 PLACEMENT_KEYS = ("model", "device", "offload", "offload_share", "max_activation_memory", "calib_batch_size",
-                  "compute_dtype")
+                  "compute_dtype", "cpu_linear")
 
 
 def plan_sweep(config: SweepConfig, *, progress: bool = False, log=print, store_path=None):

@@ -28,6 +28,7 @@ from ..patterns import Pattern
 from ..stats import LayerStats, StatsAccumulator, of_source, stat_kind
 from ..steps import STAGES, LayerSolve, PostStep, get_step, steps_of
 from .activations import ActivationBuffer, choose_place
+from .linear import CPU_LINEARS, linear_kernel, resolve_cpu_linear
 
 
 @dataclass(frozen=True)
@@ -236,12 +237,15 @@ class EngineOptions:
     compute_dtype: dtype of the block forwards and of the activations between blocks (None: the model's). The
     weights the algorithms see and write stay in the model's dtype; statistics are accumulated in fp32;
     max_activation_memory: bytes of host memory the activations may take before they spill to a file
-    (None: half the memory available when the run starts); activation_dir: where that file goes (None: TMPDIR).
+    (None: half the memory available when the run starts); activation_dir: where that file goes (None: TMPDIR);
+    cpu_linear: the CPU kernel of float32 Linear layers in the block forwards, "auto" | "onednn" | "aten"
+    (engine/linear.py; changes results by float rounding only, like the batch).
     """
     batch_size: int | None = None
     compute_dtype: str | None = None
     max_activation_memory: int | None = None
     activation_dir: str | None = None
+    cpu_linear: str = "auto"
 
     def __post_init__(self):
         from ..models.loading import DTYPES
@@ -252,6 +256,8 @@ class EngineOptions:
             raise ValueError(f"compute dtype {self.compute_dtype!r} is not one of {sorted(DTYPES)}")
         if self.max_activation_memory is not None and self.max_activation_memory < 1:
             raise ValueError("max activation memory must be a positive number of bytes")
+        if self.cpu_linear not in CPU_LINEARS:
+            raise ValueError(f"CPU linear kernel must be one of {CPU_LINEARS}, got {self.cpu_linear!r}")
 
     def batch_for(self, seqlen: int, device: torch.device) -> int:
         if self.batch_size is not None:
@@ -341,7 +347,7 @@ def _forward_copy(block: nn.Module, dtype) -> nn.Module:
 
 
 def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, call: BlockCall, needs, batch: int,
-                   device, timer: _Timer, wanted=None) -> dict[str, LayerStats]:
+                   device, timer: _Timer, wanted=None, kernel: str | None = None) -> dict[str, LayerStats]:
     """Run ``runner`` on every calibration batch, accumulating input statistics per prunable layer (or only for
     the layer names in ``wanted``: structured pruning needs its consumers' inputs alone).
 
@@ -356,7 +362,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     handles = [layer.register_forward_pre_hook(lambda m, args, n=name: seen.__setitem__(n, args[0]))
                for name, layer in layers.items()]
     try:
-        with torch.no_grad(), timer.phase("stats_forward"):
+        with torch.no_grad(), linear_kernel(runner, kernel), timer.phase("stats_forward"):
             adapter.run_block(runner, activations.read(0, min(batch, n)), call)
     finally:
         for h in handles:
@@ -396,7 +402,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     if needs:  # with nothing to accumulate the pass runs whole (callers may hook the block's output)
         handles.append(modules[order[-1]].register_forward_pre_hook(stop))
     try:
-        with torch.no_grad(), timer.phase("stats_forward"):
+        with torch.no_grad(), linear_kernel(runner, kernel), timer.phase("stats_forward"):
             for start in range(min(batch, n), n, batch):
                 try:
                     adapter.run_block(runner, activations.read(start, min(start + batch, n)), call)
@@ -443,6 +449,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
     source = source if source is not None else ModelBlocks(adapter)
     timer = _Timer(device)
     compute_dtype = options.dtype()
+    kernel = resolve_cpu_linear(options.cpu_linear, device)
     n_blocks = len(source)
     activations = calls = None
     if calibration is not None:
@@ -454,7 +461,8 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
                 source.release_inputs()
         if info is not None:
             info.update({"batch_size": batch, "compute_dtype": str(activations.dtype).replace("torch.", ""),
-                         "activations": activations.place, "activation_bytes": activations.nbytes})
+                         "activations": activations.place, "activation_bytes": activations.nbytes,
+                         "cpu_linear": kernel})
     try:
         for i in range(n_blocks):
             with timer.phase("load"):
@@ -466,7 +474,8 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
             if calibration is not None:
                 call = calls[i].to(device)
                 runner = _forward_copy(block, compute_dtype)
-                stats = _collect_stats(adapter, runner, activations, call, needs, batch, device, timer, only_layers)
+                stats = _collect_stats(adapter, runner, activations, call, needs, batch, device, timer, only_layers,
+                                       kernel)
                 del runner
             started = time.perf_counter()
             yield i, block, layers, stats
@@ -474,7 +483,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
             del stats
             if calibration is not None and i + 1 < n_blocks:  # the last block's outputs would feed nothing
                 runner = _forward_copy(block, compute_dtype)
-                with torch.no_grad(), timer.phase("output_forward"):
+                with torch.no_grad(), linear_kernel(runner, kernel), timer.phase("output_forward"):
                     for start in range(0, n, batch):
                         end = min(start + batch, n)
                         activations.write(start, adapter.run_block(runner, activations.read(start, end), call))
