@@ -1,0 +1,108 @@
+"""aten (MKL sgemm) vs oneDNN for the engine's float32 block forwards on this CPU (engine/linear.py).
+
+Two measurements, each interleaving the two kernels round by round so a drift of the machine's speed hits both:
+1. the decoder's Linear shapes on one calibration sequence (512 tokens x 576 -> 1536, 1536 -> 576, 576 -> 576,
+   576 -> 192), GFLOP/s;
+2. whole forwards of block 0 of the embedded model on 16 calibration-length sequences, ms per forward, and the
+   largest difference between the two kernels' outputs.
+Medians over the rounds are reported.
+
+    python benchmarks/cpu_linear.py [--rounds 7]
+Results: benchmarks/results/cpu_linear.{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import cpu_description, loadavg, write_markdown  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SHAPES = [(512, 576, 1536), (512, 1536, 576), (512, 576, 576), (512, 576, 192)]
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> int:
+    from prunelab.engine.linear import linear_kernel, onednn_available
+    from prunelab.models.adapters import ModelAdapter
+    from prunelab.models.loading import load_model
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    if not onednn_available():
+        raise SystemExit("this torch build has no oneDNN linear kernel: nothing to compare")
+    torch.manual_seed(0)
+    kernels = ("aten", "onednn")
+    start_load = loadavg()
+
+    gemm = {}
+    with torch.no_grad():
+        for tokens, k, n in SHAPES:
+            layer = torch.nn.Linear(k, n, bias=False)
+            x = torch.randn(1, tokens, k)
+            rates = {kernel: [] for kernel in kernels}
+            for _ in range(args.rounds):
+                for kernel in kernels:
+                    with linear_kernel(layer, kernel):
+                        seconds = timed(lambda: layer(x), 20)
+                    rates[kernel].append(2 * tokens * k * n / seconds / 1e9)
+            gemm[f"{tokens}x{k}->{n}"] = {kernel: statistics.median(v) for kernel, v in rates.items()}
+
+        model, _, _ = load_model("smollm2-135m")
+        adapter = ModelAdapter(model)
+        ids = torch.randint(0, model.config.vocab_size, (16, 512), generator=torch.Generator().manual_seed(0))
+        call = adapter.record_block_calls(ids)[0]
+        hidden = adapter.block_inputs(ids)
+        block = adapter.blocks[0]
+        per_forward = {kernel: [] for kernel in kernels}
+        outputs = {}
+        for _ in range(args.rounds):
+            for kernel in kernels:
+                with linear_kernel(block, kernel):
+                    start = time.perf_counter()
+                    outputs[kernel] = torch.cat([adapter.run_block(block, hidden[i:i + 1], call) for i in range(16)])
+                    per_forward[kernel].append((time.perf_counter() - start) / 16 * 1e3)
+    block_ms = {kernel: statistics.median(v) for kernel, v in per_forward.items()}
+    max_diff = float((outputs["onednn"] - outputs["aten"]).abs().max())
+    scale = float(outputs["aten"].abs().max())
+
+    result = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "rounds": args.rounds, "gemm_gflops": gemm, "block_ms_per_forward": block_ms,
+              "block_ms_all_rounds": per_forward, "block_output_max_abs_diff": max_diff,
+              "block_output_max_abs": scale, "loadavg_start": start_load, "loadavg_end": loadavg()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cpu_linear.json").write_text(json.dumps(result, indent=2))
+    lines = ["# float32 Linear kernels of the engine's block forwards: aten (MKL sgemm) vs oneDNN", "",
+             f"{result['cpu']}, {result['threads']} threads, torch {torch.__version__}; medians of {args.rounds} "
+             "interleaved rounds.", "",
+             "| shape (tokens x in -> out) | aten GFLOP/s | oneDNN GFLOP/s | oneDNN / aten |", "|---|---|---|---|"]
+    for shape, r in gemm.items():
+        lines.append(f"| {shape} | {r['aten']:.0f} | {r['onednn']:.0f} | {r['onednn'] / r['aten']:.2f} |")
+    lines += ["", "| embedded model, block 0, 512-token sequences | aten | oneDNN | oneDNN / aten |", "|---|---|---|---|",
+              f"| ms per block forward | {block_ms['aten']:.1f} | {block_ms['onednn']:.1f} | "
+              f"{block_ms['onednn'] / block_ms['aten']:.2f} |", "",
+              f"Largest difference between the two kernels' block outputs: {max_diff:.2e} (outputs up to {scale:.1f}): "
+              "float32 rounding of another summation order.", "",
+              f"Load average {start_load} -> {result['loadavg_end']}.", "",
+              "Reproduce: `python benchmarks/cpu_linear.py`"]
+    write_markdown(RESULTS / "cpu_linear.md", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
