@@ -322,7 +322,8 @@ def compute_identity(cfg: PruneConfig) -> dict:
     return identity
 
 
-# settings that only place work (memory, disk), never change a result: not part of a run's identity
+# settings not hashed as given: those that only place work (memory, disk) never change a result, and those that
+# can (compute dtype, batch, CPU linear kernel) enter the identity resolved, through compute_identity
 PLACEMENT_KEYS = ("model", "device", "offload", "offload_share", "max_activation_memory", "calib_batch_size",
                   "compute_dtype", "cpu_linear")
 
