@@ -24,14 +24,20 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ")[:3].__str__()
 
 
-def gflops(m: int, k: int, n: int, dtype=torch.float32, repeat: int = 5) -> float:
-    """Measured rate of an (m x k) @ (k x n) product, the shape of a block's Linear on a batch of tokens."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    return 2 * m * k * n * repeat / (time.perf_counter() - start) / 1e9
+def gflops(m: int, k: int, n: int, dtype=torch.float32, repeat: int = 5, kernel: str | None = None) -> float:
+    """Measured rate of an (m x k) Linear to n outputs, the shape of a block's Linear on a batch of tokens, on the
+    kernel the engine used (``kernel``: its record's engine.cpu_linear; None: torch's own)."""
+    from prunelab.engine.linear import linear_kernel
+
+    layer = torch.nn.Linear(k, n, bias=False).to(dtype)
+    a = torch.randn(m, k).to(dtype)
+    with torch.no_grad(), linear_kernel(layer, kernel):
+        layer(a)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            layer(a)
+        seconds = time.perf_counter() - start
+    return 2 * m * k * n * repeat / seconds / 1e9
 
 
 def gram_gflops(tokens: int, d: int, repeat: int = 5) -> float:
@@ -88,7 +94,8 @@ def main() -> int:
     flops = flop_model(config, tokens, 512, needs)
     batch = engine["batch_size"] * 512
     dtype = getattr(torch, args.compute_dtype) if args.compute_dtype else torch.float32
-    rates = {"linear": gflops(batch, config.hidden_size, config.intermediate_size, dtype),
+    rates = {"linear": gflops(batch, config.hidden_size, config.intermediate_size, dtype,
+                              kernel=engine.get("cpu_linear")),
              "gram": gram_gflops(batch, config.intermediate_size)}
     seconds = engine["seconds"]
     rows = []
@@ -116,8 +123,9 @@ def main() -> int:
              f"XᵀX {rates['gram']:.1f} GFLOP/s (2·n·d² counted).", "",
              "| phase | seconds | TFLOP | floor at the measured rate (s) |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['phase']} | {r['seconds']:.1f} | {'' if r['tflop'] is None else f'{r['tflop']:.2f}'} | "
-                     f"{'' if r['floor_seconds'] is None else f'{r['floor_seconds']:.1f}'} |")
+        tflop = "" if r["tflop"] is None else f"{r['tflop']:.2f}"
+        floor = "" if r["floor_seconds"] is None else f"{r['floor_seconds']:.1f}"
+        lines.append(f"| {r['phase']} | {r['seconds']:.1f} | {tflop} | {floor} |")
     lines += ["", "stats_forward includes the time of stats_accumulate (the accumulation runs inside its hooks).",
               "", f"Reproduce: `python benchmarks/cpu_profile.py --method {args.method} --sparsity {args.sparsity}"
               + (f" --compute-dtype {args.compute_dtype}" if args.compute_dtype else "") + "`"]
