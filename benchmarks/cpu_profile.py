@@ -40,12 +40,12 @@ def gflops(m: int, k: int, n: int, dtype=torch.float32, repeat: int = 5, kernel:
     return 2 * m * k * n * repeat / seconds / 1e9
 
 
-def gram_gflops(tokens: int, d: int, repeat: int = 5) -> float:
-    """Measured rate of XᵀX accumulation as the engine does it (counted as 2·tokens·d² FLOPs)."""
+def gram_gflops(tokens: int, d: int, repeat: int = 5, kernel: str | None = None) -> float:
+    """Measured rate of XᵀX accumulation as the engine does it, on its kernel (counted as 2·tokens·d² FLOPs)."""
     from prunelab.stats import StatsAccumulator
 
     x = torch.randn(1, tokens, d)
-    acc = StatsAccumulator(d, frozenset({"hessian"}), "cpu")
+    acc = StatsAccumulator(d, frozenset({"hessian"}), "cpu", kernel)
     acc.add(x)
     start = time.perf_counter()
     for _ in range(repeat):
@@ -96,7 +96,7 @@ def main() -> int:
     dtype = getattr(torch, args.compute_dtype) if args.compute_dtype else torch.float32
     rates = {"linear": gflops(batch, config.hidden_size, config.intermediate_size, dtype,
                               kernel=engine.get("cpu_linear")),
-             "gram": gram_gflops(batch, config.intermediate_size)}
+             "gram": gram_gflops(batch, config.intermediate_size, kernel=engine.get("cpu_linear"))}
     seconds = engine["seconds"]
     rows = []
     for phase, work, rate in (("stats_forward", flops["stats_forward"], rates["linear"]),

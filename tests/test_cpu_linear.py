@@ -1,4 +1,5 @@
-"""The engine's CPU Linear kernel (engine/linear.py): where it applies, that it is undone, and what it changes."""
+"""The engine's CPU Linear kernel (engine/linear.py): where it applies, that it is undone, and what it changes;
+and the XᵀX statistics on the same kernel (stats.py)."""
 import pytest
 import torch
 from torch import nn
@@ -99,3 +100,30 @@ def test_sweep_identity_names_the_kernel_only_where_it_changes_numbers():
     auto = compute_identity(PruneConfig(**base))
     assert auto.get("cpu_linear") == ("onednn" if onednn_available() else None)
     assert "cpu_linear" not in compute_identity(PruneConfig(**base, compute_dtype="bfloat16"))
+    # the XᵀX statistics are float32 whatever the compute dtype: their kernel is named for every oneDNN run
+    for cfg in (PruneConfig(**base), PruneConfig(**base, compute_dtype="bfloat16")):
+        assert compute_identity(cfg).get("cpu_gram") == ("onednn" if onednn_available() else None)
+    assert "cpu_gram" not in aten
+
+
+@pytest.mark.parametrize("kernel", ["aten", pytest.param("onednn", marks=needs_onednn)])
+def test_hessian_on_each_kernel_is_xtx_within_float32_summation_error(kernel, monkeypatch):
+    from prunelab import onednn
+    from prunelab.stats import StatsAccumulator
+
+    calls = []
+    product = onednn.matmul_nt
+    monkeypatch.setattr(onednn, "matmul_nt", lambda a, b: calls.append(a.shape) or product(a, b))
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 700) * torch.linspace(0.1, 10, 700)  # 700 columns: two panels of XᵀX
+    acc = StatsAccumulator(700, frozenset({"hessian"}), "cpu", kernel)
+    acc.add(x[:1])
+    acc.add(x[1:])
+    hessian = acc.result().hessian
+    flat = x.reshape(-1, 700).double()
+    exact = flat.t() @ flat
+    # any order of the 150 float32 multiply-adds is within n·u·Σ|x_i||x_j| of the exact sum (u = 2⁻²⁴)
+    bound = 150 * 2.0 ** -24 * (flat.abs().t() @ flat.abs())
+    assert bool(((hessian.double() - exact).abs() <= bound).all())
+    assert torch.equal(hessian, hessian.t())
+    assert len(calls) == (2 * 3 if kernel == "onednn" else 0)  # two panels per sequence, added one at a time

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from . import onednn
+
 SOURCES = ("inputs", "gradients", "layer")
 
 
@@ -31,6 +33,7 @@ class StatKind:
     read: Callable | None = None  # layer: module -> tensor or None
     covered_by: str | None = None  # another kind that already provides it (sq_norm = diag of the hessian)
     finish: Callable | None = None  # inputs: (state) -> None, in place, before results are read (idempotent)
+    takes_kernel: bool = False  # inputs: add is called as (state, x, kernel), kernel the engine's CPU product
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -140,11 +143,16 @@ def _panels(n: int, width: int = 512) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _add_hessian(state, x):
+def _add_hessian(state, x, kernel=None):
     # XᵀX is symmetric: accumulate only the row panels' diagonal-and-right parts (about half the FLOPs for wide
     # inputs; each element is the same dot product as in the full product), the lower part is filled in by finish.
     flat = x.reshape(-1, x.shape[-1])
     hessian = state["hessian"]
+    if kernel == "onednn" and flat.device.type == "cpu" and flat.dtype == torch.float32:
+        columns = flat.t().contiguous()  # (in, tokens): a panel of XᵀX is then one inner product, rows x rows
+        for lo, hi in _panels(flat.shape[1]):
+            hessian[lo:hi, lo:].add_(onednn.matmul_nt(columns[lo:hi], columns[lo:]))
+        return
     for lo, hi in _panels(flat.shape[1]):
         hessian[lo:hi, lo:].addmm_(flat[:, lo:hi].t(), flat[:, lo:])
 
@@ -165,7 +173,7 @@ register_stat(StatKind("sq_norm", "inputs", "Σ_t x_j² per input column (Wanda'
                        covered_by="hessian"))
 register_stat(StatKind("hessian", "inputs", "XᵀX over all calibration tokens",
                        start=lambda n, d: {"hessian": torch.zeros(n, n, device=d)}, add=_add_hessian,
-                       finish=_finish_hessian))
+                       finish=_finish_hessian, takes_kernel=True))
 register_stat(StatKind("mean", "inputs", "Σ_t x_j and the within-sequence Σ_s (Σ_{t∈s} x_j)² / n_s",
                        start=lambda n, d: {"mean_sum": torch.zeros(n, device=d), "seq_sum_sq": torch.zeros(n, device=d)},
                        add=_add_mean))
@@ -180,11 +188,14 @@ _FIELDS = {"sq_norm", "hessian", "mean_sum", "seq_sum_sq"}
 class StatsAccumulator:
     """Accumulates one layer's input statistics over calibration batches (fp32, on the compute device)."""
 
-    def __init__(self, in_features: int, needs: frozenset[str], device):
+    def __init__(self, in_features: int, needs: frozenset[str], device, kernel: str | None = None):
+        """``kernel``: the engine's CPU product ("onednn" or "aten", engine/linear.py; None off the CPU), for the
+        kinds that multiply matrices (XᵀX)."""
         for name in needs:
             if stat_kind(name).source != "inputs":
                 raise ValueError(f"statistic {name!r} comes from {stat_kind(name).source}, not from layer inputs")
         self.in_features = in_features
+        self.kernel = kernel
         self.n_tokens = self.n_samples = 0
         # A kind another requested kind already provides (sq_norm = diag XᵀX) is not accumulated twice.
         self.kinds = [stat_kind(n) for n in sorted(needs) if stat_kind(n).covered_by not in needs]
@@ -203,7 +214,10 @@ class StatsAccumulator:
             self.n_samples += 1
             self.n_tokens += sequence.shape[1]
             for kind in self.kinds:
-                kind.add(self.state, sequence)
+                if kind.takes_kernel:
+                    kind.add(self.state, sequence, self.kernel)
+                else:
+                    kind.add(self.state, sequence)
 
     def result(self) -> LayerStats:
         for kind in self.kinds:

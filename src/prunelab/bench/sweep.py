@@ -316,9 +316,12 @@ def compute_identity(cfg: PruneConfig) -> dict:
     compute_dtype = cfg.compute_dtype or cfg.dtype
     identity = {"device": device.type, "dtype": cfg.dtype, "compute_dtype": compute_dtype,
                 "calib_batch": cfg.engine_options().batch_for(calib.seqlen, device) if calib else None}
-    # oneDNN float32 forwards round differently from aten's; aten runs keep the identity they always had
-    if compute_dtype == "float32" and resolve_cpu_linear(cfg.cpu_linear, device) == "onednn":
+    # oneDNN products round differently from aten's; aten runs keep the identity they always had
+    kernel = resolve_cpu_linear(cfg.cpu_linear, device)
+    if compute_dtype == "float32" and kernel == "onednn":  # the forwards' Linear layers (float32 only)
         identity["cpu_linear"] = "onednn"
+    if kernel == "onednn":  # the XᵀX statistics, accumulated in float32 whatever the compute dtype
+        identity["cpu_gram"] = "onednn"
     return identity
 
 

@@ -1,10 +1,11 @@
-"""Which CPU kernel the engine's block forwards use for float32 Linear layers.
+"""Which CPU kernel the engine's float32 products use: the block forwards' Linear layers and the XᵀX statistics.
 
 torch's own CPU matmul ("aten") calls MKL's sgemm; on this project's AMD Zen 4 host it ran the decoder's Linear
 shapes (512 tokens x 576..1536) at ~160 GFLOP/s on 2 cores, where oneDNN's inner product (the kernel torch already
 uses for bfloat16) ran them at ~200, and whole block forwards ~10% faster (benchmarks/results/cpu_linear.md). With
 "onednn" every float32 ``nn.Linear`` of the block being computed runs through ``torch.ops.mkldnn._linear_pointwise``
-for the duration of the engine's forwards, and is restored afterwards (evaluation and saving never see it).
+for the duration of the engine's forwards, and is restored afterwards (evaluation and saving never see it); the
+statistics accumulators compute XᵀX on the same kernel (prunelab/stats.py).
 Outputs differ from aten's by float rounding only (another summation order); like aten's they do not depend on
 the thread count. "auto" is oneDNN wherever torch has it (x86 and Arm builds with MKL-DNN), else aten.
 """
@@ -15,11 +16,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .. import onednn
+
 CPU_LINEARS = ("auto", "onednn", "aten")
 
 
-def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+onednn_available = onednn.available
 
 
 def resolve_cpu_linear(choice: str, device) -> str | None:
@@ -37,7 +39,7 @@ def _onednn_forward(layer: nn.Linear):
     def forward(x):
         if x.dtype != torch.float32 or x.requires_grad:
             return nn.Linear.forward(layer, x)
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+        return onednn.matmul_nt(x, layer.weight, layer.bias)
     return forward
 
 

@@ -380,7 +380,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
             raise ValueError(f"no prunable layers {sorted(unknown)} in this block; it has {sorted(layers)}")
         layers = {name: layers[name] for name in order if name in wanted}
         order = list(layers)
-    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device)
+    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device, kernel)
                     for name in dict.fromkeys(leaders[layer] for layer in order)}
     started = time.perf_counter()
     for name, acc in accumulators.items():
