@@ -43,7 +43,22 @@ def cpu_description() -> str:
     import torch
     from prunelab.record import host_description
 
-    return f"{host_description()['cpu_model']} ({torch.backends.cpu.get_cpu_capability()})"
+    host = host_description()
+    generation = f", family {host['cpu_family']} model {host['cpu_model_number']}" if host.get("cpu_family") else ""
+    return f"{host['cpu_model']} ({torch.backends.cpu.get_cpu_capability()}{generation})"
+
+
+def git_commit() -> str | None:
+    """The commit of the code being measured, with "+dirty" when the tree has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def write_markdown(path: Path, lines: list[str]) -> None:

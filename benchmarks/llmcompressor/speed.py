@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from measure import loadavg, run_measured, write_markdown  # noqa: E402
+from measure import cpu_description, git_commit, loadavg, run_measured, write_markdown  # noqa: E402
 from baseline import ROOT, WORK, evaluate, exported_model, llmc_prune_command, venv_python  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,7 +50,8 @@ def run_one(name: str, work: Path) -> dict:
                "--device", "cpu", "--offload", "none", *extra, "--out", str(out), "--quiet"]
     else:
         cmd = llmc_prune_command(exported_model(), work / "calib.pt", method, out)
-    row = {"run": name, "tool": tool, "method": method, "extra": extra, "loadavg_start": loadavg()}
+    row = {"run": name, "tool": tool, "method": method, "extra": extra, "host": cpu_description(),
+           "commit": git_commit(), "loadavg_start": loadavg()}
     print("$", " ".join(cmd), flush=True)
     proc, measured = run_measured(cmd)
     row["loadavg_end"] = loadavg()
@@ -97,6 +98,8 @@ def main() -> int:
     lines = ["# prunelab vs llm-compressor on 2 CPU cores (one run, alternating tools)", "",
              "Embedded model fp32, 64 x 512 C4 calibration tokens (seed 0, same ids), 50% unstructured; WikiText-2 "
              "test ppl, seqlen 512, first 128 windows (`prunelab eval` for both).", "",
+             "Host: " + ", ".join(sorted({r.get("host") or "not recorded" for r in rows.values()})) + "; prunelab "
+             "commit: " + ", ".join(sorted({r.get("commit") or "not recorded" for r in rows.values()})) + ".", "",
              "| run | tool timer s | process wall s | max RSS MiB | ppl | sparsity | load avg start -> end |",
              "|---|---|---|---|---|---|---|"]
     for r in rows.values():

@@ -27,9 +27,14 @@ def _cpu_model() -> dict:
         text = open("/proc/cpuinfo").read()
     except OSError:
         return {}
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return {"cpu_model": name, "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"})}
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags = set(fields.get("flags", "").split())
+    # virtual machines often name the CPU only "AMD EPYC": family and model tell its generation (25: Zen 3/4, 26: Zen 5)
+    return {"cpu_model": fields.get("model name"), "cpu_family": fields.get("cpu family"),
+            "cpu_model_number": fields.get("model"), "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"})}
 
 
 def host_description() -> dict:
