@@ -1,14 +1,16 @@
-"""aten (MKL sgemm) vs oneDNN for the engine's float32 block forwards on this CPU (engine/linear.py).
+"""aten (MKL sgemm) vs oneDNN for the engine's float32 products on this CPU (engine/linear.py, stats.py).
 
-Two measurements, each interleaving the two kernels round by round so a drift of the machine's speed hits both:
+Three measurements, each interleaving the two kernels round by round so a drift of the machine's speed hits both:
 1. the decoder's Linear shapes on one calibration sequence (512 tokens x 576 -> 1536, 1536 -> 576, 576 -> 576,
    576 -> 192), GFLOP/s;
 2. whole forwards of block 0 of the embedded model on 16 calibration-length sequences, ms per forward, and the
-   largest difference between the two kernels' outputs.
+   largest difference between the two kernels' outputs;
+3. XᵀX accumulation of 512-token sequences at the decoder's input widths (576, 1536), as the engine's statistics
+   do it, GFLOP/s counted as the full product (2·tokens·width²; both kernels compute only its upper panels).
 Medians over the rounds are reported.
 
-    python benchmarks/cpu_linear.py [--rounds 7]
-Results: benchmarks/results/cpu_linear.{json,md}
+    python benchmarks/cpu_linear.py [--rounds 7] [--name cpu_linear]
+Results: benchmarks/results/<name>.{json,md}
 """
 from __future__ import annotations
 
@@ -40,9 +42,11 @@ def main() -> int:
     from prunelab.engine.linear import linear_kernel, onednn_available
     from prunelab.models.adapters import ModelAdapter
     from prunelab.models.loading import load_model
+    from prunelab.stats import StatsAccumulator
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--name", default="cpu_linear", help="results file stem")
     args = parser.parse_args()
     if not onednn_available():
         raise SystemExit("this torch build has no oneDNN linear kernel: nothing to compare")
@@ -63,6 +67,17 @@ def main() -> int:
                     rates[kernel].append(2 * tokens * k * n / seconds / 1e9)
             gemm[f"{tokens}x{k}->{n}"] = {kernel: statistics.median(v) for kernel, v in rates.items()}
 
+        gram = {}
+        for width in (576, 1536):
+            x = torch.randn(1, 512, width)
+            accumulators = {kernel: StatsAccumulator(width, frozenset({"hessian"}), "cpu", kernel) for kernel in kernels}
+            rates = {kernel: [] for kernel in kernels}
+            for _ in range(args.rounds):
+                for kernel in kernels:
+                    seconds = timed(lambda: accumulators[kernel].add(x), 10)
+                    rates[kernel].append(2 * 512 * width * width / seconds / 1e9)
+            gram[f"512x{width}"] = {kernel: statistics.median(v) for kernel, v in rates.items()}
+
         model, _, _ = load_model("smollm2-135m")
         adapter = ModelAdapter(model)
         ids = torch.randint(0, model.config.vocab_size, (16, 512), generator=torch.Generator().manual_seed(0))
@@ -82,16 +97,20 @@ def main() -> int:
     scale = float(outputs["aten"].abs().max())
 
     result = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "rounds": args.rounds, "gemm_gflops": gemm, "block_ms_per_forward": block_ms,
+              "rounds": args.rounds, "gemm_gflops": gemm, "gram_gflops": gram, "block_ms_per_forward": block_ms,
               "block_ms_all_rounds": per_forward, "block_output_max_abs_diff": max_diff,
               "block_output_max_abs": scale, "loadavg_start": start_load, "loadavg_end": loadavg()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu_linear.json").write_text(json.dumps(result, indent=2))
-    lines = ["# float32 Linear kernels of the engine's block forwards: aten (MKL sgemm) vs oneDNN", "",
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    lines = ["# float32 kernels of the engine's block forwards and statistics: aten (MKL sgemm) vs oneDNN", "",
              f"{result['cpu']}, {result['threads']} threads, torch {torch.__version__}; medians of {args.rounds} "
              "interleaved rounds.", "",
              "| shape (tokens x in -> out) | aten GFLOP/s | oneDNN GFLOP/s | oneDNN / aten |", "|---|---|---|---|"]
     for shape, r in gemm.items():
+        lines.append(f"| {shape} | {r['aten']:.0f} | {r['onednn']:.0f} | {r['onednn'] / r['aten']:.2f} |")
+    lines += ["", "| XᵀX accumulation, tokens x width | aten GFLOP/s | oneDNN GFLOP/s | oneDNN / aten |",
+              "|---|---|---|---|"]
+    for shape, r in gram.items():
         lines.append(f"| {shape} | {r['aten']:.0f} | {r['onednn']:.0f} | {r['onednn'] / r['aten']:.2f} |")
     lines += ["", "| embedded model, block 0, 512-token sequences | aten | oneDNN | oneDNN / aten |", "|---|---|---|---|",
               f"| ms per block forward | {block_ms['aten']:.1f} | {block_ms['onednn']:.1f} | "
@@ -99,8 +118,8 @@ def main() -> int:
               f"Largest difference between the two kernels' block outputs: {max_diff:.2e} (outputs up to {scale:.1f}): "
               "float32 rounding of another summation order.", "",
               f"Load average {start_load} -> {result['loadavg_end']}.", "",
-              "Reproduce: `python benchmarks/cpu_linear.py`"]
-    write_markdown(RESULTS / "cpu_linear.md", lines)
+              f"Reproduce: `python benchmarks/cpu_linear.py --name {args.name}`"]
+    write_markdown(RESULTS / f"{args.name}.md", lines)
     return 0
 
 
