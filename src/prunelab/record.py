@@ -32,7 +32,7 @@ def _cpu_model() -> dict:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())  # the first processor's
     flags = set(fields.get("flags", "").split())
-    # virtual machines often name the CPU only "AMD EPYC": family and model tell its generation (25: Zen 3/4, 26: Zen 5)
+    # virtual machines often name the CPU only "AMD EPYC": family and model tell its generation (AMD 25: Zen 3/4; 26: Zen 5)
     return {"cpu_model": fields.get("model name"), "cpu_family": fields.get("cpu family"),
             "cpu_model_number": fields.get("model"), "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"})}
 

@@ -1,8 +1,9 @@
 """Which CPU kernel the engine's float32 products use: the block forwards' Linear layers and the XᵀX statistics.
 
-torch's own CPU matmul ("aten") calls MKL's sgemm; on this project's AMD Zen 4 host it ran the decoder's Linear
+torch's own CPU matmul ("aten") calls MKL's sgemm; on an earlier AVX512 AMD EPYC host it ran the decoder's Linear
 shapes (512 tokens x 576..1536) at ~160 GFLOP/s on 2 cores, where oneDNN's inner product (the kernel torch already
-uses for bfloat16) ran them at ~200, and whole block forwards ~10% faster (benchmarks/results/cpu_linear.md). With
+uses for bfloat16) ran them at ~200, and whole block forwards ~10% faster (benchmarks/results/cpu_linear.md); on a
+Zen 5 host 2.2x the rate and 0.58x the block forward time (cpu_linear_zen5.md). With
 "onednn" every float32 ``nn.Linear`` of the block being computed runs through ``torch.ops.mkldnn._linear_pointwise``
 for the duration of the engine's forwards, and is restored afterwards (evaluation and saving never see it); the
 statistics accumulators compute XᵀX on the same kernel (prunelab/stats.py).
