@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-dtype", help="dtype of the block forwards and activations, e.g. bfloat16 (default: "
                    "--dtype); weights keep --dtype, statistics are accumulated in fp32")
     p.add_argument("--cpu-linear", choices=["auto", "onednn", "aten"], default="auto", help="CPU kernel of the "
-                   "float32 Linear layers in the block forwards: onednn (auto, where torch has it; faster than "
+                   "float32 Linear layers in the block forwards and of the XᵀX statistics: onednn (auto, where torch has it; faster than "
                    "aten's MKL sgemm on the hosts measured) or aten (torch's default matmul); results differ by float "
                    "rounding only")
     p.add_argument("--calib-batch-size", type=int, help="calibration sequences per block forward (default: about "

@@ -25,10 +25,14 @@ CPU_LINEARS = ("auto", "onednn", "aten")
 onednn_available = onednn.available
 
 
-def resolve_cpu_linear(choice: str, device) -> str | None:
-    """The kernel a run uses: "onednn" or "aten" on CPU, None elsewhere (CUDA has its own)."""
+def check_cpu_linear(choice: str) -> None:
     if choice not in CPU_LINEARS:
         raise ValueError(f"CPU linear kernel must be one of {CPU_LINEARS}, got {choice!r}")
+
+
+def resolve_cpu_linear(choice: str, device) -> str | None:
+    """The kernel a run uses: "onednn" or "aten" on CPU, None elsewhere (CUDA has its own)."""
+    check_cpu_linear(choice)
     if torch.device(device).type != "cpu":
         return None
     if choice == "onednn" and not onednn_available():

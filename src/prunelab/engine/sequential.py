@@ -28,7 +28,7 @@ from ..patterns import Pattern
 from ..stats import LayerStats, StatsAccumulator, of_source, stat_kind
 from ..steps import STAGES, LayerSolve, PostStep, get_step, steps_of
 from .activations import ActivationBuffer, choose_place
-from .linear import CPU_LINEARS, linear_kernel, resolve_cpu_linear
+from .linear import check_cpu_linear, linear_kernel, resolve_cpu_linear
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,8 @@ class EngineOptions:
     weights the algorithms see and write stay in the model's dtype; statistics are accumulated in fp32;
     max_activation_memory: bytes of host memory the activations may take before they spill to a file
     (None: half the memory available when the run starts); activation_dir: where that file goes (None: TMPDIR);
-    cpu_linear: the CPU kernel of float32 Linear layers in the block forwards, "auto" | "onednn" | "aten"
-    (engine/linear.py; changes results by float rounding only, like the batch).
+    cpu_linear: the CPU kernel of the float32 Linear layers in the block forwards and of the XᵀX statistics,
+    "auto" | "onednn" | "aten" (engine/linear.py; changes results by float rounding only, like the batch).
     """
     batch_size: int | None = None
     compute_dtype: str | None = None
@@ -256,8 +256,7 @@ class EngineOptions:
             raise ValueError(f"compute dtype {self.compute_dtype!r} is not one of {sorted(DTYPES)}")
         if self.max_activation_memory is not None and self.max_activation_memory < 1:
             raise ValueError("max activation memory must be a positive number of bytes")
-        if self.cpu_linear not in CPU_LINEARS:
-            raise ValueError(f"CPU linear kernel must be one of {CPU_LINEARS}, got {self.cpu_linear!r}")
+        check_cpu_linear(self.cpu_linear)
 
     def batch_for(self, seqlen: int, device: torch.device) -> int:
         if self.batch_size is not None:
