@@ -103,7 +103,8 @@ def test_sweep_identity_names_the_kernel_only_where_it_changes_numbers():
     # the XᵀX statistics are float32 whatever the compute dtype: their kernel is named for every oneDNN run
     for cfg in (PruneConfig(**base), PruneConfig(**base, compute_dtype="bfloat16")):
         assert compute_identity(cfg).get("cpu_gram") == ("onednn" if onednn_available() else None)
-    assert "cpu_gram" not in aten
+        assert compute_identity(cfg).get("cpu_attention") == ("onednn-chunked" if onednn_available() else None)
+    assert "cpu_gram" not in aten and "cpu_attention" not in aten
 
 
 @pytest.mark.parametrize("kernel", ["aten", pytest.param("onednn", marks=needs_onednn)])

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-dtype", help="dtype of the block forwards and activations, e.g. bfloat16 (default: "
                    "--dtype); weights keep --dtype, statistics are accumulated in fp32")
     p.add_argument("--cpu-linear", choices=["auto", "onednn", "aten"], default="auto", help="CPU kernel of the "
-                   "float32 Linear layers in the block forwards and of the XᵀX statistics: onednn (auto, where torch has it; faster than "
-                   "aten's MKL sgemm on the hosts measured) or aten (torch's default matmul); results differ by float "
-                   "rounding only")
+                   "engine's products: the float32 Linear layers and the causal attention of the block forwards and "
+                   "the XᵀX statistics. onednn (auto, where torch has it; faster than aten's MKL sgemm and sdpa's "
+                   "flash kernel on the hosts measured) or aten (torch's default matmul and sdpa); results differ by "
+                   "float rounding only")
     p.add_argument("--calib-batch-size", type=int, help="calibration sequences per block forward (default: about "
                    "512 tokens on CPU, 16384 on CUDA)")
     p.add_argument("--offload", choices=["auto", "disk", "none"], default="auto", help="disk: stream the model one "

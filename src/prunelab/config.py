@@ -73,7 +73,7 @@ class PruneConfig:
     # How the engine computes (engine/sequential.py EngineOptions); offload and memory never change a result.
     calib_batch_size: int | None = None  # calibration sequences per block forward (None: ~512 tokens CPU, 16k CUDA)
     compute_dtype: str | None = None  # dtype of block forwards (None: the model's); statistics stay fp32
-    cpu_linear: str = "auto"  # CPU kernel of fp32 block-forward Linears and XᵀX: auto | onednn | aten (engine/linear.py)
+    cpu_linear: str = "auto"  # kernel of block-forward Linears, attention, XᵀX: auto/onednn/aten (engine/linear.py)
     offload: str = "auto"  # "disk": stream blocks from disk; "none": load the model; "auto": disk when too big
     offload_share: float = 0.5  # "auto" streams when the weights exceed this share of available memory
     max_activation_memory: int | str | None = None  # host memory for activations before they spill to disk

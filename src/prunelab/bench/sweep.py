@@ -322,6 +322,9 @@ def compute_identity(cfg: PruneConfig) -> dict:
         identity["cpu_linear"] = "onednn"
     if kernel == "onednn":  # the XᵀX statistics, accumulated in float32 whatever the compute dtype
         identity["cpu_gram"] = "onednn"
+        # the forwards' causal attention (engine/attention.py), float32 whatever the compute dtype; rows stored
+        # before it existed were computed with sdpa's and are not reused
+        identity["cpu_attention"] = "onednn-chunked"
     return identity
 
 

@@ -1,4 +1,5 @@
-"""Which CPU kernel the engine's float32 products use: the block forwards' Linear layers and the XᵀX statistics.
+"""Which CPU kernel the engine's float32 products use: the block forwards' Linear layers and causal attention,
+and the XᵀX statistics.
 
 torch's own CPU matmul ("aten") calls MKL's sgemm; on an earlier AVX512 AMD EPYC host it ran the decoder's Linear
 shapes (512 tokens x 576..1536) at ~160 GFLOP/s on 2 cores, where oneDNN's inner product (the kernel torch already
@@ -6,7 +7,8 @@ uses for bfloat16) ran them at ~200, and whole block forwards ~10% faster (bench
 Zen 5 host 2.2x the rate and 0.58x the block forward time (cpu_linear_zen5.md). With
 "onednn" every float32 ``nn.Linear`` of the block being computed runs through ``torch.ops.mkldnn._linear_pointwise``
 for the duration of the engine's forwards, and is restored afterwards (evaluation and saving never see it); the
-statistics accumulators compute XᵀX on the same kernel (prunelab/stats.py).
+statistics accumulators compute XᵀX on the same kernel (prunelab/stats.py), and the block's causal attention runs
+on its products too (engine/attention.py).
 Outputs differ from aten's by float rounding only (another summation order); like aten's they do not depend on
 the thread count. "auto" is oneDNN wherever torch has it (x86 and Arm builds with MKL-DNN), else aten.
 """
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import onednn
+from .attention import attention_kernel
 
 CPU_LINEARS = ("auto", "onednn", "aten")
 
@@ -64,3 +67,11 @@ def linear_kernel(block: nn.Module, kernel: str | None):
     finally:
         for module in patched:
             del module.forward
+
+
+@contextmanager
+def cpu_kernels(block: nn.Module, kernel: str | None):
+    """Both of the engine's forward kernels for ``block``: its float32 Linear layers (``linear_kernel``) and its
+    causal attention (engine/attention.py)."""
+    with linear_kernel(block, kernel), attention_kernel(block, kernel):
+        yield

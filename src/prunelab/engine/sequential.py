@@ -28,7 +28,7 @@ from ..patterns import Pattern
 from ..stats import LayerStats, StatsAccumulator, of_source, stat_kind
 from ..steps import STAGES, LayerSolve, PostStep, get_step, steps_of
 from .activations import ActivationBuffer, choose_place
-from .linear import check_cpu_linear, linear_kernel, resolve_cpu_linear
+from .linear import check_cpu_linear, cpu_kernels, resolve_cpu_linear
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,9 @@ class EngineOptions:
     weights the algorithms see and write stay in the model's dtype; statistics are accumulated in fp32;
     max_activation_memory: bytes of host memory the activations may take before they spill to a file
     (None: half the memory available when the run starts); activation_dir: where that file goes (None: TMPDIR);
-    cpu_linear: the CPU kernel of the float32 Linear layers in the block forwards and of the XᵀX statistics,
-    "auto" | "onednn" | "aten" (engine/linear.py; changes results by float rounding only, like the batch).
+    cpu_linear: the CPU kernel of the float32 Linear layers and the causal attention in the block forwards and of
+    the XᵀX statistics, "auto" | "onednn" | "aten" (engine/linear.py, engine/attention.py; changes results by float
+    rounding only, like the batch).
     """
     batch_size: int | None = None
     compute_dtype: str | None = None
@@ -361,7 +362,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     handles = [layer.register_forward_pre_hook(lambda m, args, n=name: seen.__setitem__(n, args[0]))
                for name, layer in layers.items()]
     try:
-        with torch.no_grad(), linear_kernel(runner, kernel), timer.phase("stats_forward"):
+        with torch.no_grad(), cpu_kernels(runner, kernel), timer.phase("stats_forward"):
             adapter.run_block(runner, activations.read(0, min(batch, n)), call)
     finally:
         for h in handles:
@@ -401,7 +402,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
     if needs:  # with nothing to accumulate the pass runs whole (callers may hook the block's output)
         handles.append(modules[order[-1]].register_forward_pre_hook(stop))
     try:
-        with torch.no_grad(), linear_kernel(runner, kernel), timer.phase("stats_forward"):
+        with torch.no_grad(), cpu_kernels(runner, kernel), timer.phase("stats_forward"):
             for start in range(min(batch, n), n, batch):
                 try:
                     adapter.run_block(runner, activations.read(start, min(start + batch, n)), call)
@@ -482,7 +483,7 @@ def calibrated_blocks(adapter: ModelAdapter, calibration: torch.Tensor | None, n
             del stats
             if calibration is not None and i + 1 < n_blocks:  # the last block's outputs would feed nothing
                 runner = _forward_copy(block, compute_dtype)
-                with torch.no_grad(), linear_kernel(runner, kernel), timer.phase("output_forward"):
+                with torch.no_grad(), cpu_kernels(runner, kernel), timer.phase("output_forward"):
                     for start in range(0, n, batch):
                         end = min(start + batch, n)
                         activations.write(start, adapter.run_block(runner, activations.read(start, end), call))
