@@ -46,7 +46,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
             for start in range(0, length, chunk):
                 end = min(start + chunk, length)
                 rows = end - start
-                scaled = torch.empty(rows, group, dim, dtype=q.dtype)
+                scaled = q.new_empty(rows, group, dim)
                 torch.mul(queries[start:end], scale, out=scaled)  # (token, head) rows, contiguous
                 scores = matmul_nt(scaled.view(rows * group, dim), keys[:end])
                 upper = _UPPER.get(rows)
