@@ -31,8 +31,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     transformers' repeat_kv. The G = H/KV query heads sharing a key head are stacked as rows of one product, and
     queries go in chunks of ``chunk`` rows against the keys up to their chunk's end only, which skips most of
     the masked half (flash attention's saving) while every product stays one large GEMM. Measured on the
-    embedded model's shapes (512 tokens, 9 heads over 3 key heads, D 64): 2.2 ms against torch's flash kernel's
-    3.4 ms on 2 Zen 5 cores. Softmax in float32 over each full row; results differ from flash's by rounding only.
+    embedded model's shapes (512 tokens, 9 heads over 3 key heads, D 64): 2.5 ms against torch's flash kernel's
+    3.8 ms on 2 Zen 5 cores (benchmarks/results/cpu_linear_zen5_attn.md). Softmax in float32 over each full row; results differ from flash's by rounding only.
     """
     batch, heads, length, dim = q.shape
     kv_heads = k.shape[1]

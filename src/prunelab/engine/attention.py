@@ -1,7 +1,8 @@
 """Causal self-attention on oneDNN's products for the engine's float32 CPU block forwards (``--cpu-linear onednn``).
 
-torch's CPU flash kernel took ~27% of a block forward of the embedded model (3.4 of 12.9 ms, 2 Zen 5 cores);
-prunelab/onednn.py's chunked causal attention does the same work in 2.2 ms, the block in 11.9 ms. Inside
+torch's CPU flash kernel took about a quarter of a block forward of the embedded model (3.8 of 15.8 ms, 2 Zen 5
+cores); prunelab/onednn.py's chunked causal attention does the same work in 2.5 ms, the block in 14.1 ms
+(medians, benchmarks/results/cpu_linear_zen5_attn.md). Inside
 ``attention_kernel`` the block's transformers attention modules whose config says "sdpa" dispatch to it through
 transformers' AttentionInterface (one registered name, no per-family code); any call it does not cover exactly
 (a mask, dropout, non-causal or cached attention, sliding windows, softcaps, sinks, another device, autograd)
