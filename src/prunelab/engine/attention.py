@@ -1,4 +1,4 @@
-"""Causal self-attention on oneDNN's products for the engine's float32 CPU block forwards (``--cpu-linear onednn``).
+"""Causal self-attention on oneDNN's products for the engine's CPU block forwards (``--cpu-linear onednn``).
 
 torch's CPU flash kernel took about a quarter of a block forward of the embedded model (3.8 of 15.8 ms, 2 Zen 5
 cores); prunelab/onednn.py's chunked causal attention does the same work in 2.5 ms, the block in 14.1 ms
