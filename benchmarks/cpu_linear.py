@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import cpu_description, loadavg, write_markdown  # noqa: E402
+from measure import cpu_description, gram_gflops, linear_gflops, loadavg, write_markdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(512, 576, 1536), (512, 1536, 576), (512, 576, 576), (512, 576, 192)]
@@ -48,7 +48,6 @@ def main() -> int:
     from prunelab.engine.linear import cpu_kernels, linear_kernel, onednn_available
     from prunelab.models.adapters import ModelAdapter
     from prunelab.models.loading import load_model
-    from prunelab.stats import StatsAccumulator
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
@@ -63,25 +62,18 @@ def main() -> int:
     gemm = {}
     with torch.no_grad():
         for tokens, k, n in SHAPES:
-            layer = torch.nn.Linear(k, n, bias=False)
-            x = torch.randn(1, tokens, k)
             rates = {kernel: [] for kernel in kernels}
             for _ in range(args.rounds):
                 for kernel in kernels:
-                    with linear_kernel(layer, kernel):
-                        seconds = timed(lambda: layer(x), 20)
-                    rates[kernel].append(2 * tokens * k * n / seconds / 1e9)
+                    rates[kernel].append(linear_gflops(tokens, k, n, repeat=20, kernel=kernel))
             gemm[f"{tokens}x{k}->{n}"] = {kernel: statistics.median(v) for kernel, v in rates.items()}
 
         gram = {}
         for width in (576, 1536):
-            x = torch.randn(1, 512, width)
-            accumulators = {kernel: StatsAccumulator(width, frozenset({"hessian"}), "cpu", kernel) for kernel in kernels}
             rates = {kernel: [] for kernel in kernels}
             for _ in range(args.rounds):
                 for kernel in kernels:
-                    seconds = timed(lambda: accumulators[kernel].add(x), 10)
-                    rates[kernel].append(2 * 512 * width * width / seconds / 1e9)
+                    rates[kernel].append(gram_gflops(512, width, repeat=10, kernel=kernel))
             gram[f"512x{width}"] = {kernel: statistics.median(v) for kernel, v in rates.items()}
 
         model, _, _ = load_model("smollm2-135m")

@@ -12,45 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
+
+from measure import gram_gflops, linear_gflops
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ")[:3].__str__()
-
-
-def gflops(m: int, k: int, n: int, dtype=torch.float32, repeat: int = 5, kernel: str | None = None) -> float:
-    """Measured rate of an (m x k) Linear to n outputs, the shape of a block's Linear on a batch of tokens, on the
-    kernel the engine used (``kernel``: its record's engine.cpu_linear; None: torch's own)."""
-    from prunelab.engine.linear import linear_kernel
-
-    layer = torch.nn.Linear(k, n, bias=False).to(dtype)
-    a = torch.randn(m, k).to(dtype)
-    with torch.no_grad(), linear_kernel(layer, kernel):
-        layer(a)
-        start = time.perf_counter()
-        for _ in range(repeat):
-            layer(a)
-        seconds = time.perf_counter() - start
-    return 2 * m * k * n * repeat / seconds / 1e9
-
-
-def gram_gflops(tokens: int, d: int, repeat: int = 5, kernel: str | None = None) -> float:
-    """Measured rate of XᵀX accumulation as the engine does it, on its kernel (counted as 2·tokens·d² FLOPs)."""
-    from prunelab.stats import StatsAccumulator
-
-    x = torch.randn(1, tokens, d)
-    acc = StatsAccumulator(d, frozenset({"hessian"}), "cpu", kernel)
-    acc.add(x)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        acc.add(x)
-    return 2 * tokens * d * d * repeat / (time.perf_counter() - start) / 1e9
 
 
 def flop_model(config, tokens: int, seqlen: int, method_needs: set[str]) -> dict:
@@ -94,7 +66,7 @@ def main() -> int:
     flops = flop_model(config, tokens, 512, needs)
     batch = engine["batch_size"] * 512
     dtype = getattr(torch, args.compute_dtype) if args.compute_dtype else torch.float32
-    rates = {"linear": gflops(batch, config.hidden_size, config.intermediate_size, dtype,
+    rates = {"linear": linear_gflops(batch, config.hidden_size, config.intermediate_size, dtype,
                               kernel=engine.get("cpu_linear")),
              "gram": gram_gflops(batch, config.intermediate_size, kernel=engine.get("cpu_linear"))}
     seconds = engine["seconds"]

@@ -1,6 +1,7 @@
 """What the benchmark scripts measure about a process and the host: load average, and a command's wall time and
 peak RSS as the kernel reports them through GNU time (`/usr/bin/time -v`), i.e. for that one process tree, not a
-figure the measured tool computes about itself; the CPU a figure was measured on; and writing a results page.
+figure the measured tool computes about itself; the CPU a figure was measured on; the engine's matmul rates
+on its kernel; and writing a results page.
 
 Scripts in sub-folders import it with `sys.path.insert(0, str(Path(__file__).resolve().parents[1]))`.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 TIME = "/usr/bin/time"
@@ -59,6 +61,38 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty else "")
+
+
+def linear_gflops(m: int, k: int, n: int, dtype=None, repeat: int = 5, kernel: str | None = None) -> float:
+    """Measured rate of an (m x k) Linear to n outputs, the shape of a block's Linear on a batch of tokens, on the
+    kernel the engine used (``kernel``: its record's engine.cpu_linear; None: torch's own)."""
+    import torch
+    from prunelab.engine.linear import linear_kernel
+
+    dtype = dtype or torch.float32
+    layer = torch.nn.Linear(k, n, bias=False).to(dtype)
+    a = torch.randn(m, k).to(dtype)
+    with torch.no_grad(), linear_kernel(layer, kernel):
+        layer(a)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            layer(a)
+        seconds = time.perf_counter() - start
+    return 2 * m * k * n * repeat / seconds / 1e9
+
+
+def gram_gflops(tokens: int, d: int, repeat: int = 5, kernel: str | None = None) -> float:
+    """Measured rate of XᵀX accumulation as the engine does it, on its kernel (counted as 2·tokens·d² FLOPs)."""
+    import torch
+    from prunelab.stats import StatsAccumulator
+
+    x = torch.randn(1, tokens, d)
+    acc = StatsAccumulator(d, frozenset({"hessian"}), "cpu", kernel)
+    acc.add(x)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        acc.add(x)
+    return 2 * tokens * d * d * repeat / (time.perf_counter() - start) / 1e9
 
 
 def write_markdown(path: Path, lines: list[str]) -> None:
