@@ -6,13 +6,18 @@ different order. In exact arithmetic every run is the same: XᵀX is a sum over 
 activations depend on that sequence alone. In float32 the sums round differently, near-tied saliencies flip, and
 the masks and perplexity move. The spread across orders is the rounding noise of the method itself, on one engine.
 
-The same with another thread count shows whether the split of the matmuls' work changes anything. With
+The same with another thread count shows whether the split of the matmuls' work changes anything; with another
+`--cpu-linear` kernel (oneDNN's products or torch's MKL/sdpa ones, engine/linear.py), whether the engine's kernel
+choice moves the perplexity by more than the orders do: the orders both kernels ran are paired, and the mean of the
+per-order differences is given with its standard error. With
 `--tool llmcompressor` the same orders go through llm-compressor's SparseGPT (its venv and exported inputs in
 $WORK, see benchmarks/llmcompressor/compare.sh), so the two tools' perplexities can be compared against their
 own noise rather than one run each.
 
-    python benchmarks/rounding_noise.py [--orders identity,reversed,perm1] [--threads 1] [--tool llmcompressor]
-Results: benchmarks/results/rounding_noise.{json,md}; finished (order, threads) rows are kept and skipped on a rerun.
+    python benchmarks/rounding_noise.py [--orders identity,reversed,perm1] [--threads 1] [--cpu-linear aten]
+                                        [--tool llmcompressor]
+Results: benchmarks/results/rounding_noise.{json,md}; finished (tool, kernel, order, threads) rows are kept and skipped
+on a rerun.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "llmcompressor"))
-from measure import cpu_description, write_markdown  # noqa: E402
+from measure import cpu_description, git_commit, write_markdown  # noqa: E402
 from baseline import WORK, evaluate, exported_model, llmc_prune_command, venv_python  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,20 +61,23 @@ def ordered_calibration(tokenizer, name: str) -> tuple[torch.Tensor, torch.Tenso
     return ids[order], order, info
 
 
-def run_order(name: str) -> dict:
+def run_order(name: str, cpu_linear: str) -> dict:
     from prunelab.algorithms import get_algorithm
     from prunelab.api import evaluate as evaluate_model
     from prunelab.engine import prune_model
+    from prunelab.engine.sequential import EngineOptions
     from prunelab.models.loading import load_model
     from prunelab.patterns import Pattern
 
     model, tokenizer, _ = load_model("smollm2-135m")
     ids, order, info = ordered_calibration(tokenizer, name)
     started = time.perf_counter()
-    prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=True)
+    engine: dict = {}
+    prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=True,
+                options=EngineOptions(cpu_linear=cpu_linear), info=engine)
     seconds = time.perf_counter() - started
     ev = evaluate_model(model, tokenizer=tokenizer, data="wikitext2", seqlen=512, max_windows=128, progress=True)
-    return _row("prunelab", name, order, info, ev["ppl"], seconds)
+    return _row("prunelab", name, order, info, ev["ppl"], seconds) | {"cpu_linear": engine["cpu_linear"] or "aten"}
 
 
 def run_order_llmcompressor(name: str) -> dict:
@@ -94,7 +102,7 @@ def run_order_llmcompressor(name: str) -> dict:
 def _row(tool: str, name: str, order: torch.Tensor, info: dict, ppl: float, seconds: float) -> dict:
     return {"tool": tool, "order": name, "first_rows": order[:4].tolist(),
             "calibration_tokens_sha256": info["tokens_sha256"], "ppl": ppl, "prune_seconds": seconds,
-            "threads": torch.get_num_threads(), "cpu": cpu_description()}
+            "threads": torch.get_num_threads(), "cpu": cpu_description(), "commit": git_commit()}
 
 
 def main() -> int:
@@ -102,68 +110,87 @@ def main() -> int:
     parser.add_argument("--orders", default="identity,reversed,perm1")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     parser.add_argument("--tool", choices=["prunelab", "llmcompressor"], default="prunelab")
+    parser.add_argument("--cpu-linear", choices=["auto", "onednn", "aten"], default="auto",
+                        help="prunelab's CPU kernel for block forwards and XᵀX (engine/linear.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from prunelab.engine.linear import resolve_cpu_linear
+
+    kernel = (resolve_cpu_linear(args.cpu_linear, "cpu") or "aten") if args.tool == "prunelab" else None
     path = RESULTS / "rounding_noise.json"
     rows = {_key(r): r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
     for name in args.orders.split(","):
-        if _key({"tool": args.tool, "order": name, "threads": args.threads}) not in rows:
-            row = run_order(name) if args.tool == "prunelab" else run_order_llmcompressor(name)
+        wanted = {"tool": args.tool, "cpu_linear": kernel, "order": name, "threads": args.threads,
+                  "cpu": cpu_description()}
+        if _key(wanted) not in rows:
+            row = run_order(name, kernel) if args.tool == "prunelab" else run_order_llmcompressor(name)
             rows[_key(row)] = row
             path.write_text(json.dumps({"rows": list(rows.values())}, indent=1))
     ref = json.loads((RESULTS / "core_methods.json").read_text())
-    lines = ["# Rounding noise: SparseGPT 50% perplexity when only the order of the calibration sequences, or the "
-             "number of threads, changes", "",
-             "Same 64 x 512 C4 sequences (seed 0), same engine; WikiText-2 test, seqlen 512, first 128 windows.", "",
-             "| tool | order | first rows | threads | CPU | WikiText-2 ppl | prune s |",
+    lines = ["# Rounding noise: SparseGPT 50% perplexity when only the order of the calibration sequences, the "
+             "number of threads or the engine's CPU kernel changes", "",
+             "Same 64 x 512 C4 sequences (seed 0); WikiText-2 test, seqlen 512, first 128 windows. prunelab's kernel: "
+             "`aten` is torch's MKL sgemm and sdpa (every row before oneDNN existed), `onednn` its inner product and "
+             "the chunked causal attention (`--cpu-linear`, engine/linear.py).", "",
+             "| engine | order | first rows | threads | CPU | WikiText-2 ppl | prune s |",
              "|---|---|---|---|---|---|---|"]
-    ordered = sorted(rows.values(), key=lambda r: (_tool(r), r["threads"], r["order"]))
-    lines += [f"| {_tool(r)} | {r['order']} | {r['first_rows']} | {r['threads']} | {r.get('cpu', '?')} | "
+    ordered = sorted(rows.values(), key=lambda r: (_engine(r), r.get("cpu", "?"), r["threads"], r["order"]))
+    lines += [f"| {_engine(r)} | {r['order']} | {r['first_rows']} | {r['threads']} | {r.get('cpu', '?')} | "
               f"{r['ppl']:.3f} | {r['prune_seconds']:.0f} |"
               for r in ordered]
     lines.append("")
-    for tool in sorted({_tool(r) for r in ordered}):
-        for threads in sorted({r["threads"] for r in ordered if _tool(r) == tool}):
-            ppls = [r["ppl"] for r in ordered if r["threads"] == threads and _tool(r) == tool]
-            if len(ppls) > 1:
-                lines.append(f"- {tool}, {threads} thread(s): mean {statistics.mean(ppls):.3f}, spread (max - min) / "
-                             f"mean **{_spread(ppls):.2%}** over {len(ppls)} orders.")
-        ppls = [r["ppl"] for r in ordered if _tool(r) == tool]
-        lines.append(f"- {tool}, all runs: mean {statistics.mean(ppls):.3f}, spread **{_spread(ppls):.2%}** over "
-                     f"{len(ppls)} runs.")
-    lines += _paired(ordered)
+    for group in sorted({(_engine(r), r.get("cpu", "?"), r["threads"]) for r in ordered}):
+        ppls = [r["ppl"] for r in ordered if (_engine(r), r.get("cpu", "?"), r["threads"]) == group]
+        if len(ppls) > 1:
+            lines.append(f"- {group[0]}, {group[1]}, {group[2]} thread(s): mean {statistics.mean(ppls):.3f}, "
+                         f"standard deviation {statistics.stdev(ppls) / statistics.mean(ppls):.2%}, spread "
+                         f"(max - min) / mean **{_spread(ppls):.2%}** over {len(ppls)} orders.")
+    lines += _paired(ordered, "prunelab (onednn)", "prunelab (aten)")
+    lines += _paired(ordered, "prunelab (aten)", "llmcompressor")
     lines += [
               f"- Reference figure in core_methods.json (an earlier engine on another host, 2 threads): "
               f"{_reference(ref):.3f}.", "",
-              "Reproduce: `python benchmarks/rounding_noise.py --threads N [--tool llmcompressor]` (one row per tool, "
-              "order and thread count; finished rows are kept)"]
+              "Reproduce: `python benchmarks/rounding_noise.py --threads N --orders O1,O2,... [--cpu-linear aten|onednn] "
+              "[--tool llmcompressor]` (one row per engine, order, thread count and CPU; finished rows are kept)"]
     write_markdown(RESULTS / "rounding_noise.md", lines)
     return 0
 
 
-def _paired(rows: list[dict]) -> list[str]:
-    """The two tools on the orders both ran (an order run on several thread counts counted once: on one host they
-    gave the same bits)."""
-    by_tool: dict[str, dict[str, float]] = {}
-    for r in rows:
-        by_tool.setdefault(_tool(r), {}).setdefault(r["order"], r["ppl"])
-    ours, theirs = by_tool.get("prunelab", {}), by_tool.get("llmcompressor", {})
-    common = [o for o in ours if o in theirs]
-    if len(common) < 2:
-        return []
-    a, b = [ours[o] for o in common], [theirs[o] for o in common]
-    return [f"- Same {len(common)} orders ({', '.join(common)}): prunelab mean {statistics.mean(a):.3f} (spread "
-            f"{_spread(a):.2%}), llm-compressor mean {statistics.mean(b):.3f} (spread {_spread(b):.2%}); prunelab's "
-            f"mean is {statistics.mean(a) / statistics.mean(b) - 1:+.2%} from llm-compressor's, per order "
-            f"{min(x / y - 1 for x, y in zip(a, b)):+.2%} to {max(x / y - 1 for x, y in zip(a, b)):+.2%}."]
+def _paired(rows: list[dict], first: str, second: str) -> list[str]:
+    """Engines ``first`` and ``second`` on the orders both ran on one CPU (an order run on several thread counts
+    counted once: on one host they gave the same bits): the means, and the mean of the per-order relative
+    differences with its standard error, i.e. how far apart the engines are beyond the orders' noise."""
+    lines = []
+    for cpu in sorted({r.get("cpu", "?") for r in rows}):
+        by_engine: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if r.get("cpu", "?") == cpu:
+                by_engine.setdefault(_engine(r), {}).setdefault(r["order"], r["ppl"])
+        ours, theirs = by_engine.get(first, {}), by_engine.get(second, {})
+        common = [o for o in ours if o in theirs]
+        if len(common) < 2:
+            continue
+        a, b = [ours[o] for o in common], [theirs[o] for o in common]
+        diffs = [x / y - 1 for x, y in zip(a, b)]
+        error = statistics.stdev(diffs) / len(diffs) ** 0.5
+        lines.append(f"- {cpu}, same {len(common)} orders ({', '.join(common)}): {first} mean {statistics.mean(a):.3f} "
+                     f"(spread {_spread(a):.2%}), {second} mean {statistics.mean(b):.3f} (spread {_spread(b):.2%}); "
+                     f"{first} is **{statistics.mean(diffs):+.2%} ± {error:.2%}** (mean per-order difference ± its "
+                     f"standard error) from {second}, per order {min(diffs):+.2%} to {max(diffs):+.2%}.")
+    return lines
 
 
 def _tool(row: dict) -> str:
     return row.get("tool", "prunelab")  # rows from before --tool existed are prunelab's
 
 
+def _engine(row: dict) -> str:
+    """The tool, and for prunelab its CPU kernel (rows from before --cpu-linear existed ran torch's aten kernels)."""
+    return "llmcompressor" if _tool(row) == "llmcompressor" else f"prunelab ({row.get('cpu_linear') or 'aten'})"
+
+
 def _key(row: dict) -> str:
-    return f"{_tool(row)}:{row['order']}@{row['threads']}"
+    return f"{_engine(row)}:{row['order']}@{row['threads']}:{row.get('cpu', '?')}"
 
 
 def _spread(ppls: list[float]) -> float:
