@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from measure import loadavg, run_measured  # noqa: E402
+from measure import cpu_description, git_commit, loadavg, run_measured  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -95,7 +95,7 @@ def main() -> int:
     if args.max_activation_memory:
         cmd += ["--max-activation-memory", args.max_activation_memory]
     row = {"model": str(model), "model_bytes": params, "command": " ".join(cmd[2:]).replace("prunelab.cli", "prunelab"),
-           "loadavg_start": loadavg()}
+           "loadavg_start": loadavg(), "commit": git_commit(), "cpu": cpu_description()}
     print("$ /usr/bin/time -v", " ".join(cmd), flush=True)
     proc, measured = run_measured(cmd)
     row["loadavg_end"] = loadavg()
@@ -124,7 +124,8 @@ def main() -> int:
           f"({row['engine'].get('activation_bytes', 0) / 2**20:.0f} MiB) | {row['output_check']['sparsity']:.6f} "
           f"(every row half zero: {row['output_check']['every_row_half_zero']}) | {row['output_check']['check']} |",
           "", f"Engine phases (s): {json.dumps(row['engine'].get('seconds'))}. Load average {row['loadavg_start']} -> "
-          f"{row['loadavg_end']}.", "",
+          f"{row['loadavg_end']}. Commit {row['commit']}, {row['cpu']}, CPU kernel "
+          f"{row['engine'].get('cpu_linear') or 'aten'}.", "",
           f"Reproduce: `python benchmarks/scale/streaming.py --model {model} --name {args.name} --samples "
           f"{args.samples} --seqlen {args.seqlen}" + (f" --max-activation-memory {args.max_activation_memory}"
                                                       if args.max_activation_memory else "") + f" --load {args.load}`"]
