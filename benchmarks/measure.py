@@ -51,12 +51,14 @@ def cpu_description() -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the code being measured, with "+dirty" when the tree has uncommitted changes."""
+    """The commit of the code being measured, with "+dirty" when the tree has uncommitted changes outside
+    benchmarks/results (a benchmark rewriting its own results file between rows changes no code)."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
