@@ -158,8 +158,9 @@ def main() -> int:
 
 def _paired(rows: list[dict], first: str, second: str) -> list[str]:
     """Engines ``first`` and ``second`` on the orders both ran on one CPU (an order run on several thread counts
-    counted once: on one host they gave the same bits): the means, and the mean of the per-order relative
-    differences with its standard error, i.e. how far apart the engines are beyond the orders' noise."""
+    counted once, its fewest-threads row: the identity order gave the same bits on 1 and 2 threads): the means, and
+    the mean of the per-order relative differences with its standard error, i.e. how far apart the engines are
+    beyond the orders' noise."""
     lines = []
     for cpu in sorted({r.get("cpu", "?") for r in rows}):
         by_engine: dict[str, dict[str, float]] = {}
