@@ -16,13 +16,9 @@ from pathlib import Path
 
 import torch
 
-from measure import gram_gflops, linear_gflops
+from measure import gram_gflops, linear_gflops, loadavg
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" ")[:3].__str__()
 
 
 def flop_model(config, tokens: int, seqlen: int, method_needs: set[str]) -> dict:

@@ -119,9 +119,9 @@ def main() -> int:
     kernel = (resolve_cpu_linear(args.cpu_linear, "cpu") or "aten") if args.tool == "prunelab" else None
     path = RESULTS / "rounding_noise.json"
     rows = {_key(r): r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+    cpu = cpu_description()
     for name in args.orders.split(","):
-        wanted = {"tool": args.tool, "cpu_linear": kernel, "order": name, "threads": args.threads,
-                  "cpu": cpu_description()}
+        wanted = {"tool": args.tool, "cpu_linear": kernel, "order": name, "threads": args.threads, "cpu": cpu}
         if _key(wanted) not in rows:
             row = run_order(name, kernel) if args.tool == "prunelab" else run_order_llmcompressor(name)
             rows[_key(row)] = row
@@ -134,13 +134,13 @@ def main() -> int:
              "the chunked causal attention (`--cpu-linear`, engine/linear.py).", "",
              "| engine | order | first rows | threads | CPU | WikiText-2 ppl | prune s |",
              "|---|---|---|---|---|---|---|"]
-    ordered = sorted(rows.values(), key=lambda r: (_engine(r), r.get("cpu", "?"), r["threads"], r["order"]))
+    ordered = sorted(rows.values(), key=lambda r: (*_group(r), r["order"]))
     lines += [f"| {_engine(r)} | {r['order']} | {r['first_rows']} | {r['threads']} | {r.get('cpu', '?')} | "
               f"{r['ppl']:.3f} | {r['prune_seconds']:.0f} |"
               for r in ordered]
     lines.append("")
-    for group in sorted({(_engine(r), r.get("cpu", "?"), r["threads"]) for r in ordered}):
-        ppls = [r["ppl"] for r in ordered if (_engine(r), r.get("cpu", "?"), r["threads"]) == group]
+    for group in sorted({_group(r) for r in ordered}):
+        ppls = [r["ppl"] for r in ordered if _group(r) == group]
         if len(ppls) > 1:
             lines.append(f"- {group[0]}, {group[1]}, {group[2]} thread(s): mean {statistics.mean(ppls):.3f}, "
                          f"standard deviation {statistics.stdev(ppls) / statistics.mean(ppls):.2%}, spread "
@@ -188,6 +188,11 @@ def _tool(row: dict) -> str:
 def _engine(row: dict) -> str:
     """The tool, and for prunelab its CPU kernel (rows from before --cpu-linear existed ran torch's aten kernels)."""
     return "llmcompressor" if _tool(row) == "llmcompressor" else f"prunelab ({row.get('cpu_linear') or 'aten'})"
+
+
+def _group(row: dict) -> tuple[str, str, int]:
+    """Rows that differ only in the calibration order: same engine, CPU and thread count."""
+    return _engine(row), row.get("cpu", "?"), row["threads"]
 
 
 def _key(row: dict) -> str:
