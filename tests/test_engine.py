@@ -299,6 +299,28 @@ def test_compute_dtype_bfloat16_keeps_weights_and_statistics_in_fp32():
         assert float((a - b).norm() / a.norm()) < 0.05
 
 
+def test_float64_models_are_pruned_with_float64_statistics_and_math():
+    ids = random_ids(4, 12)
+    model = tiny_model("llama").double()
+    captured = []  # block 0's q_proj input does not depend on any pruning
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    handle.remove()
+    x = captured[0].reshape(-1, captured[0].shape[-1])
+    RecordingMagnitude.seen.clear()
+    prune_model(model, get_algorithm("test-recording"), Pattern(0.5), ids, progress=False)
+    hessians = [s.hessian for s in RecordingMagnitude.seen.values()]
+    assert all(h.dtype == torch.float64 for h in hessians)
+    # summed per sequence vs in one product: float64 rounding (~1e-16 per term), not float32's ~1e-7
+    torch.testing.assert_close(hessians[0], x.T @ x, rtol=1e-12, atol=1e-12)
+    model = tiny_model("llama").double()
+    reports = prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=False)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    for r in reports:
+        assert r.zeros == expected_zeros(r.shape, Pattern(0.5), "layer"), r.name
+
+
 def test_block_calls_and_inputs_are_recorded_without_running_any_block():
     model = tiny_model("llama")
     adapter = ModelAdapter(model)

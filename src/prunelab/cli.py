@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-seqlen", type=int, help="tokens per segment (default 512 for the embedded model, else 2048)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="compute device for one block at a time (default: cuda if available)")
-    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (layer math is fp32 regardless)")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 | float64 (layer math is fp32, "
+                   "fp64 for float64: a reference mode ~1e9 times less rounding, ~2x slower)")
     p.add_argument("--compute-dtype", help="dtype of the block forwards and activations, e.g. bfloat16 (default: "
-                   "--dtype); weights keep --dtype, statistics are accumulated in fp32")
+                   "--dtype); weights keep --dtype, statistics are accumulated in fp32 (fp64 for float64 forwards)")
     p.add_argument("--cpu-linear", choices=["auto", "onednn", "aten"], default="auto", help="CPU kernel of the "
                    "engine's products: the float32 Linear layers and the causal attention of the block forwards and "
                    "the XᵀX statistics. onednn (auto, where torch has it; faster than aten's MKL sgemm and sdpa's "

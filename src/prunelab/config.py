@@ -72,7 +72,7 @@ class PruneConfig:
     allocation_options: dict = field(default_factory=dict)
     # How the engine computes (engine/sequential.py EngineOptions); offload and memory never change a result.
     calib_batch_size: int | None = None  # calibration sequences per block forward (None: ~512 tokens CPU, 16k CUDA)
-    compute_dtype: str | None = None  # dtype of block forwards (None: the model's); statistics stay fp32
+    compute_dtype: str | None = None  # dtype of block forwards (None: the model's); statistics fp32 (fp64 for fp64)
     cpu_linear: str = "auto"  # kernel of block-forward Linears, attention, XᵀX: auto/onednn/aten (engine/linear.py)
     offload: str = "auto"  # "disk": stream blocks from disk; "none": load the model; "auto": disk when too big
     offload_share: float = 0.5  # "auto" streams when the weights exceed this share of available memory

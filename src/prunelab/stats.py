@@ -22,6 +22,12 @@ from . import onednn
 SOURCES = ("inputs", "gradients", "layer")
 
 
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of layer math (statistics, solves) for tensors of ``dtype``: float32, or float64 for float64
+    ones (a reference mode whose rounding is ~1e9 times smaller, for telling rounding noise from real change)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass(frozen=True)
 class StatKind:
     name: str
@@ -186,11 +192,13 @@ _FIELDS = {"sq_norm", "hessian", "mean_sum", "seq_sum_sq"}
 
 
 class StatsAccumulator:
-    """Accumulates one layer's input statistics over calibration batches (fp32, on the compute device)."""
+    """Accumulates one layer's input statistics over calibration batches (in ``dtype``, on the compute device)."""
 
-    def __init__(self, in_features: int, needs: frozenset[str], device, kernel: str | None = None):
+    def __init__(self, in_features: int, needs: frozenset[str], device, kernel: str | None = None,
+                 dtype: torch.dtype = torch.float32):
         """``kernel``: the engine's CPU product ("onednn" or "aten", engine/linear.py; None off the CPU), for the
-        kinds that multiply matrices (XᵀX)."""
+        kinds that multiply matrices (XᵀX). ``dtype``: of the sums (float32; float64 for float64 activations, see
+        ``math_dtype``)."""
         for name in needs:
             if stat_kind(name).source != "inputs":
                 raise ValueError(f"statistic {name!r} comes from {stat_kind(name).source}, not from layer inputs")
@@ -200,15 +208,16 @@ class StatsAccumulator:
         # A kind another requested kind already provides (sq_norm = diag XᵀX) is not accumulated twice.
         self.kinds = [stat_kind(n) for n in sorted(needs) if stat_kind(n).covered_by not in needs]
         self.state: dict[str, torch.Tensor] = {}
+        self.dtype = dtype
         for kind in self.kinds:
-            self.state.update(kind.start(in_features, device))
+            self.state.update({k: v.to(dtype) for k, v in kind.start(in_features, device).items()})
 
     def add(self, x: torch.Tensor) -> None:
         """``x``: (sequences, tokens, in_features), or (tokens, in_features) for one sequence.
 
         Sequences are added one at a time, in order, so the float32 sums (and through them the masks) are the
         same whatever calibration batch the engine ran the forwards with."""
-        x = x.detach().float()
+        x = x.detach().to(self.dtype)
         x = x.reshape(-1, x.shape[-2], self.in_features) if x.dim() > 2 else x.reshape(1, -1, self.in_features)
         for sequence in x.split(1):
             self.n_samples += 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..patterns import Pattern, lowest_k_mask, lowest_k_per_row_mask, nm_mask
+from ..stats import math_dtype
 from .base import PruningAlgorithm, one_cpu_thread, register
 
 
@@ -23,7 +24,8 @@ def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[to
     Without forming the inverse: with J the order-reversing permutation, J(H + λI)J = MMᵀ (M lower) gives
     H + λI = RRᵀ with R = JMJ upper, so (H + λI)⁻¹ = R⁻ᵀR⁻¹ and U = R⁻¹ = J M⁻¹ J: one Cholesky and one
     triangular inverse (LAPACK's explicit inverse followed by a second Cholesky cost several times more on CPUs).
-    Returns the factor (fp32) and the mask of dead inputs (diag H = 0), whose weights carry no signal.
+    Returns the factor (fp32; fp64 for an fp64 Hessian) and the mask of dead inputs (diag H = 0), whose weights
+    carry no signal.
     """
     # About two fp64 n x n matrices live at once (each temporary dropped as soon as it is used): for the width-1536
     # down projection ~45 MB instead of the ~110 MB a chain of expressions held, the solve's memory peak.
@@ -37,7 +39,7 @@ def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[to
         inverse = torch.zeros_like(lower)
         inverse_lower_triangular(lower, out=inverse)
         del lower
-    return inverse.float().flip(0, 1), dead
+    return inverse.to(math_dtype(hessian.dtype)).flip(0, 1), dead
 
 
 def inverse_lower_triangular(lower: torch.Tensor, out: torch.Tensor, base: int = 128) -> torch.Tensor:
@@ -96,7 +98,7 @@ class SparseGPT(PruningAlgorithm):
         hinv, dead = shared_inverse_cholesky(stats.require_hessian(), self.dampening)
         # Work on Wᵀ: each column of W is then one contiguous row, and the per-column rank-1 updates below run
         # about 2x faster than on column slices of W (they dominate the solve).
-        wt = weight.float().t().contiguous()
+        wt = weight.to(math_dtype(weight.dtype)).t().contiguous()
         wt[dead] = 0.0
         cols = wt.shape[0]
         if pattern.is_nm and self.blocksize % pattern.m:

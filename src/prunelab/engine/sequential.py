@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..algorithms.base import PruningAlgorithm
 from ..models.adapters import BlockCall, ModelAdapter, _StopForward, to_dtype
 from ..patterns import Pattern
-from ..stats import LayerStats, StatsAccumulator, of_source, stat_kind
+from ..stats import LayerStats, StatsAccumulator, math_dtype, of_source, stat_kind
 from ..steps import STAGES, LayerSolve, PostStep, get_step, steps_of
 from .activations import ActivationBuffer, choose_place
 from .linear import check_cpu_linear, cpu_kernels, resolve_cpu_linear
@@ -174,7 +174,8 @@ def _as_is(adapter: ModelAdapter, name: str, layer, seconds: float = 0.0) -> Lay
 
 def _solve_layer(adapter, name, layer, algorithm, stats: LayerStats | None, pattern, post: PostSteps,
                  prior: torch.Tensor | None = None) -> LayerReport:
-    dense = adapter.get_weight(layer).float()
+    dense = adapter.get_weight(layer)
+    dense = dense.to(math_dtype(dense.dtype))
     prior = None if prior is None else prior.to(dense.device)
     bias = getattr(layer, "bias", None)
     result = solve(dense, algorithm, stats, pattern, post, name, prior, has_bias=bias is not None)
@@ -380,7 +381,7 @@ def _collect_stats(adapter, runner: nn.Module, activations: ActivationBuffer, ca
             raise ValueError(f"no prunable layers {sorted(unknown)} in this block; it has {sorted(layers)}")
         layers = {name: layers[name] for name in order if name in wanted}
         order = list(layers)
-    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device, kernel)
+    accumulators = {name: StatsAccumulator(seen[name].shape[-1], needs, device, kernel, math_dtype(seen[name].dtype))
                     for name in dict.fromkeys(leaders[layer] for layer in order)}
     started = time.perf_counter()
     for name, acc in accumulators.items():

@@ -25,7 +25,7 @@ EMBEDDED_MODELS = {
 DEFAULT_MODEL = "smollm2-135m"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
 
 
 @dataclass
