@@ -6,6 +6,10 @@ different order. In exact arithmetic every run is the same: XᵀX is a sum over 
 activations depend on that sequence alone. In float32 the sums round differently, near-tied saliencies flip, and
 the masks and perplexity move. The spread across orders is the rounding noise of the method itself, on one engine.
 
+With `--dtype float64` the whole run (weights, forwards, statistics, SparseGPT's solve, evaluation) is in float64,
+whose rounding is ~1e9 times smaller: if the orders then agree to many digits, the float32 spread is rounding
+amplified by the masks, and the float64 value is what every float32 engine scatters around.
+
 The same with another thread count shows whether the split of the matmuls' work changes anything; with another
 `--cpu-linear` kernel (oneDNN's products or torch's MKL/sdpa ones, engine/linear.py), whether the engine's kernel
 choice moves the perplexity by more than the orders do: the orders both kernels ran are paired, and the mean of the
@@ -15,7 +19,7 @@ $WORK, see benchmarks/llmcompressor/compare.sh), so the two tools' perplexities 
 own noise rather than one run each.
 
     python benchmarks/rounding_noise.py [--orders identity,reversed,perm1] [--threads 1] [--cpu-linear aten]
-                                        [--tool llmcompressor]
+                                        [--dtype float64] [--tool llmcompressor]
 Results: benchmarks/results/rounding_noise.{json,md}; finished (tool, kernel, order, threads) rows are kept and skipped
 on a rerun.
 """
@@ -61,7 +65,7 @@ def ordered_calibration(tokenizer, name: str) -> tuple[torch.Tensor, torch.Tenso
     return ids[order], order, info
 
 
-def run_order(name: str, cpu_linear: str) -> dict:
+def run_order(name: str, cpu_linear: str, dtype: str = "float32") -> dict:
     from prunelab.algorithms import get_algorithm
     from prunelab.api import evaluate as evaluate_model
     from prunelab.engine import prune_model
@@ -69,7 +73,7 @@ def run_order(name: str, cpu_linear: str) -> dict:
     from prunelab.models.loading import load_model
     from prunelab.patterns import Pattern
 
-    model, tokenizer, _ = load_model("smollm2-135m")
+    model, tokenizer, _ = load_model("smollm2-135m", dtype=dtype)
     ids, order, info = ordered_calibration(tokenizer, name)
     started = time.perf_counter()
     engine: dict = {}
@@ -77,7 +81,9 @@ def run_order(name: str, cpu_linear: str) -> dict:
                 options=EngineOptions(cpu_linear=cpu_linear), info=engine)
     seconds = time.perf_counter() - started
     ev = evaluate_model(model, tokenizer=tokenizer, data="wikitext2", seqlen=512, max_windows=128, progress=True)
-    return _row("prunelab", name, order, info, ev["ppl"], seconds) | {"cpu_linear": engine["cpu_linear"] or "aten"}
+    eval_seconds = time.perf_counter() - started - seconds
+    return _row("prunelab", name, order, info, ev["ppl"], seconds) | {"cpu_linear": engine["cpu_linear"] or "aten",
+                                                                      "dtype": dtype, "eval_seconds": eval_seconds}
 
 
 def run_order_llmcompressor(name: str) -> dict:
@@ -112,18 +118,23 @@ def main() -> int:
     parser.add_argument("--tool", choices=["prunelab", "llmcompressor"], default="prunelab")
     parser.add_argument("--cpu-linear", choices=["auto", "onednn", "aten"], default="auto",
                         help="prunelab's CPU kernel for block forwards and XᵀX (engine/linear.py)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="prunelab's model dtype; float64 runs everything in float64 (its kernels are aten's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from prunelab.engine.linear import resolve_cpu_linear
 
     kernel = (resolve_cpu_linear(args.cpu_linear, "cpu") or "aten") if args.tool == "prunelab" else None
+    if args.dtype != "float32" and args.tool != "prunelab":
+        raise SystemExit("--dtype float64 is for prunelab runs")
     path = RESULTS / "rounding_noise.json"
     rows = {_key(r): r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
     cpu = cpu_description()
     for name in args.orders.split(","):
-        wanted = {"tool": args.tool, "cpu_linear": kernel, "order": name, "threads": args.threads, "cpu": cpu}
+        wanted = {"tool": args.tool, "cpu_linear": kernel, "dtype": args.dtype, "order": name, "threads": args.threads,
+                  "cpu": cpu}
         if _key(wanted) not in rows:
-            row = run_order(name, kernel) if args.tool == "prunelab" else run_order_llmcompressor(name)
+            row = run_order(name, kernel, args.dtype) if args.tool == "prunelab" else run_order_llmcompressor(name)
             rows[_key(row)] = row
             path.write_text(json.dumps({"rows": list(rows.values())}, indent=1))
     ref = json.loads((RESULTS / "core_methods.json").read_text())
@@ -131,27 +142,30 @@ def main() -> int:
              "number of threads or the engine's CPU kernel changes", "",
              "Same 64 x 512 C4 sequences (seed 0); WikiText-2 test, seqlen 512, first 128 windows. prunelab's kernel: "
              "`aten` is torch's MKL sgemm and sdpa (every row before oneDNN existed), `onednn` its inner product and "
-             "the chunked causal attention (`--cpu-linear`, engine/linear.py).", "",
+             "the chunked causal attention (`--cpu-linear`, engine/linear.py); `float64` runs the whole model, statistics, "
+             "solve and evaluation in float64 (torch's aten kernels).", "",
              "| engine | order | first rows | threads | CPU | WikiText-2 ppl | prune s |",
              "|---|---|---|---|---|---|---|"]
     ordered = sorted(rows.values(), key=lambda r: (*_group(r), r["order"]))
     lines += [f"| {_engine(r)} | {r['order']} | {r['first_rows']} | {r['threads']} | {r.get('cpu', '?')} | "
-              f"{r['ppl']:.3f} | {r['prune_seconds']:.0f} |"
+              f"{_ppl(r['ppl'], _engine(r))} | {r['prune_seconds']:.0f} |"
               for r in ordered]
     lines.append("")
     for group in sorted({_group(r) for r in ordered}):
         ppls = [r["ppl"] for r in ordered if _group(r) == group]
         if len(ppls) > 1:
-            lines.append(f"- {group[0]}, {group[1]}, {group[2]} thread(s): mean {statistics.mean(ppls):.3f}, "
-                         f"standard deviation {statistics.stdev(ppls) / statistics.mean(ppls):.2%}, spread "
-                         f"(max - min) / mean **{_spread(ppls):.2%}** over {len(ppls)} orders.")
+            lines.append(f"- {group[0]}, {group[1]}, {group[2]} thread(s): mean {_ppl(statistics.mean(ppls), group[0])}, "
+                         f"standard deviation {_fraction(statistics.stdev(ppls) / statistics.mean(ppls))}, spread "
+                         f"(max - min) / mean **{_fraction(_spread(ppls))}** over {len(ppls)} orders.")
     lines += _paired(ordered, "prunelab (onednn)", "prunelab (aten)")
     lines += _paired(ordered, "prunelab (aten)", "llmcompressor")
+    lines += _against_float64(ordered)
     lines += [
               f"- Reference figure in core_methods.json (an earlier engine on another host, 2 threads): "
               f"{_reference(ref):.3f}.", "",
               "Reproduce: `python benchmarks/rounding_noise.py --threads N --orders O1,O2,... [--cpu-linear aten|onednn] "
-              "[--tool llmcompressor]` (one row per engine, order, thread count and CPU; finished rows are kept)"]
+              "[--dtype float64] [--tool llmcompressor]` (one row per engine, order, thread count and CPU; finished "
+              "rows are kept)"]
     write_markdown(RESULTS / "rounding_noise.md", lines)
     return 0
 
@@ -181,13 +195,46 @@ def _paired(rows: list[dict], first: str, second: str) -> list[str]:
     return lines
 
 
+def _against_float64(rows: list[dict]) -> list[str]:
+    """Each float32 engine's mean over its orders against the float64 run's value on the same CPU: the mean's offset
+    with its standard error (the orders' standard deviation over the square root of their number)."""
+    lines = []
+    for cpu in sorted({r.get("cpu", "?") for r in rows}):
+        here = [r for r in rows if r.get("cpu", "?") == cpu]
+        exact = [r["ppl"] for r in here if _engine(r) == "prunelab (float64)"]
+        if not exact:
+            continue
+        reference = statistics.mean(exact)
+        for engine in sorted({_engine(r) for r in here} - {"prunelab (float64)"}):
+            ppls = list({r["order"]: r["ppl"] for r in here if _engine(r) == engine}.values())
+            if len(ppls) < 2:
+                continue
+            offsets = [p / reference - 1 for p in ppls]
+            error = statistics.stdev(offsets) / len(offsets) ** 0.5
+            lines.append(f"- {cpu}: {engine}'s mean over {len(ppls)} orders is **{statistics.mean(offsets):+.2%} ± "
+                         f"{error:.2%}** from the float64 value {reference:.4f} (single orders {min(offsets):+.2%} "
+                         f"to {max(offsets):+.2%}).")
+    return lines
+
+
+def _ppl(value: float, engine: str) -> str:
+    return f"{value:.6f}" if engine == "prunelab (float64)" else f"{value:.3f}"  # float64 rows agree far below 1e-3
+
+
+def _fraction(x: float) -> str:
+    """A relative figure as a percentage, or in scientific notation when too small for two decimals of one."""
+    return f"{x:.2%}" if x == 0 or x >= 1e-4 else f"{x:.1e}"
+
+
 def _tool(row: dict) -> str:
     return row.get("tool", "prunelab")  # rows from before --tool existed are prunelab's
 
 
 def _engine(row: dict) -> str:
     """The tool, and for prunelab its CPU kernel (rows from before --cpu-linear existed ran torch's aten kernels)."""
-    return "llmcompressor" if _tool(row) == "llmcompressor" else f"prunelab ({row.get('cpu_linear') or 'aten'})"
+    if _tool(row) == "llmcompressor":
+        return "llmcompressor"
+    return "prunelab (float64)" if row.get("dtype") == "float64" else f"prunelab ({row.get('cpu_linear') or 'aten'})"
 
 
 def _group(row: dict) -> tuple[str, str, int]:
