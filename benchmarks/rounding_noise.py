@@ -8,7 +8,9 @@ the masks and perplexity move. The spread across orders is the rounding noise of
 
 With `--dtype float64` the whole run (weights, forwards, statistics, SparseGPT's solve, evaluation) is in float64,
 whose rounding is ~1e9 times smaller: if the orders then agree to many digits, the float32 spread is rounding
-amplified by the masks, and the float64 value is what every float32 engine scatters around.
+amplified by near-tied masks, and the float64 value is (to those digits) what exact arithmetic gives. Each float32
+engine's mean over its orders is set against it; nothing says that mean must equal it (the measured offset is the
+answer).
 
 The same with another thread count shows whether the split of the matmuls' work changes anything; with another
 `--cpu-linear` kernel (oneDNN's products or torch's MKL/sdpa ones, engine/linear.py), whether the engine's kernel
@@ -196,8 +198,8 @@ def _paired(rows: list[dict], first: str, second: str) -> list[str]:
 
 
 def _against_float64(rows: list[dict]) -> list[str]:
-    """Each float32 engine's mean over its orders against the float64 run's value on the same CPU: the mean's offset
-    with its standard error (the orders' standard deviation over the square root of their number)."""
+    """Each float32 engine's orders against the float64 run's value on the same CPU: their mean's offset with its
+    standard error (the orders' standard deviation over the square root of their number), and how many lie below."""
     lines = []
     for cpu in sorted({r.get("cpu", "?") for r in rows}):
         here = [r for r in rows if r.get("cpu", "?") == cpu]
@@ -211,9 +213,10 @@ def _against_float64(rows: list[dict]) -> list[str]:
                 continue
             offsets = [p / reference - 1 for p in ppls]
             error = statistics.stdev(offsets) / len(offsets) ** 0.5
+            below = sum(o < 0 for o in offsets)
             lines.append(f"- {cpu}: {engine}'s mean over {len(ppls)} orders is **{statistics.mean(offsets):+.2%} ± "
                          f"{error:.2%}** from the float64 value {reference:.4f} (single orders {min(offsets):+.2%} "
-                         f"to {max(offsets):+.2%}).")
+                         f"to {max(offsets):+.2%}, {below} of {len(ppls)} below it).")
     return lines
 
 
