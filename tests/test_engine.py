@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.algorithms import get_algorithm, register
+from prunelab.algorithms import available, get_algorithm, register
 from prunelab.algorithms.magnitude import Magnitude
 from prunelab.engine import prune_model
 from prunelab.models import ModelAdapter
@@ -319,6 +319,21 @@ def test_float64_models_are_pruned_with_float64_statistics_and_math():
     assert all(p.dtype == torch.float64 for p in model.parameters())
     for r in reports:
         assert r.zeros == expected_zeros(r.shape, Pattern(0.5), "layer"), r.name
+
+
+BUILT_IN_METHODS = [n for n in available() if not n.startswith(("test", "broken"))]
+
+
+@pytest.mark.parametrize("method", BUILT_IN_METHODS)
+def test_every_method_prunes_a_float64_model_to_the_exact_count(method):
+    """--dtype float64 (the reference mode) works for every method and keeps the model in float64."""
+    model = tiny_model("opt").double()  # OPT layers have biases, which the bias method ranks
+    algorithm = get_algorithm(method)
+    pattern = Pattern(0.5, scope=algorithm.default_scope)
+    reports = prune_model(model, algorithm, pattern, random_ids(4, 16), progress=False)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    for r in reports:
+        assert r.zeros == expected_zeros(r.shape, pattern, pattern.scope), r.name
 
 
 def test_block_calls_and_inputs_are_recorded_without_running_any_block():
