@@ -9,7 +9,8 @@ let that engine keep float64 statistics and solve float64 weights, as the curren
 protocol (64 x 512 C4 seed 0, identity order; WikiText-2 test, seqlen 512, first 128 windows) and compares.
 
     python benchmarks/old_engine/float64_parity.py [--worktree DIR]
-Results: benchmarks/results/old_engine_float64.{json,md}
+    python benchmarks/old_engine/float64_parity.py --dtype float32   # the same, both engines in float32
+Results: benchmarks/results/old_engine_float64.{json,md} (one run per dtype)
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from measure import cpu_description, git_commit, write_markdown  # noqa: E402
 
 
-def prune_and_evaluate() -> dict:
+def prune_and_evaluate(dtype: str) -> dict:
     """The protocol on whatever prunelab is importable (the old worktree's, through PYTHONPATH)."""
     import torch
 
@@ -41,7 +42,7 @@ def prune_and_evaluate() -> dict:
     from prunelab.models.loading import load_model
     from prunelab.patterns import Pattern
 
-    model, tokenizer, _ = load_model("smollm2-135m", "float64")
+    model, tokenizer, _ = load_model("smollm2-135m", dtype)
     ids, info = calibration_data(tokenizer, CalibrationConfig("c4", "train", 64, 512, 0))
     started = time.perf_counter()
     prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=True)
@@ -64,44 +65,71 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worktree", type=Path, default=Path(os.environ.get("WORK", "/tmp")) / "prunelab-before-16")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                        help="float32: the old engine as it was (the patch changes nothing for float32 models), for "
+                             "the single-run float32 comparison")
+    parser.add_argument("--page-only", action="store_true", help="rewrite the page from the stored runs")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.page_only:
+        write_page(stored_runs())
+        return 0
     if args.child:  # inside the old engine's environment: print one JSON line
         import torch
         torch.set_num_threads(args.threads)
-        print(json.dumps(prune_and_evaluate()))
+        print(json.dumps(prune_and_evaluate(args.dtype)))
         return 0
     prepare(args.worktree)
     env = dict(os.environ, PYTHONPATH=str(args.worktree / "src"))
-    proc = subprocess.run([sys.executable, __file__, "--child", "--threads", str(args.threads)], env=env,
+    proc = subprocess.run([sys.executable, __file__, "--child", "--threads", str(args.threads), "--dtype", args.dtype],
+                          env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
     old = json.loads(proc.stdout.strip().splitlines()[-1])
     if not old["module"].startswith(str(args.worktree)):
         raise SystemExit(f"the child imported prunelab from {old['module']}, not from the old worktree")
     old |= {"engine": f"before issue 16 ({OLD_COMMIT[:7]}) + float64.patch", "cpu": cpu_description(),
             "script_commit": git_commit()}
-    rows = json.loads((RESULTS / "rounding_noise.json").read_text())["rows"]
-    new = [r for r in rows if r.get("dtype") == "float64" and r["order"] == "identity" and r.get("cpu") == old["cpu"]]
-    (RESULTS / "old_engine_float64.json").write_text(json.dumps({"old": old, "current": new}, indent=1))
-    lines = ["# SparseGPT 50% in float64: the engine from before issue 16 against the current one", "",
-             "Same protocol (64 x 512 C4 seed 0, identity order; WikiText-2 test, seqlen 512, first 128 windows), "
-             f"{old['threads']} threads, {old['cpu']}.", "",
-             "| engine | commit | WikiText-2 ppl | prune s | eval s |", "|---|---|---|---|---|",
-             f"| {old['engine']} | {OLD_COMMIT[:7]} | {old['ppl']:.10f} | {old['prune_seconds']:.0f} | "
-             f"{old['eval_seconds']:.0f} |"]
-    lines += [f"| current (`rounding_noise.py --dtype float64`) | {r['commit']} | {r['ppl']:.10f} | "
-              f"{r['prune_seconds']:.0f} | {r.get('eval_seconds', float('nan')):.0f} |" for r in new]
-    lines.append("")
-    for r in new:
-        lines.append(f"- Relative difference, current vs before: **{r['ppl'] / old['ppl'] - 1:.1e}** (float32 runs of "
-                     "this protocol differ by up to 2.8% between calibration orders alone, `rounding_noise.md`).")
-    if not new:
-        lines.append("- No float64 row of the current engine on this CPU yet: run `python benchmarks/rounding_noise.py "
-                     "--dtype float64 --orders identity --threads 2` first.")
-    lines += ["", "Reproduce: `python benchmarks/old_engine/float64_parity.py` (a git worktree of the old commit with "
-              "float64.patch applied; the current engine's row comes from rounding_noise.json)"]
-    write_markdown(RESULTS / "old_engine_float64.md", lines)
+    path = RESULTS / "old_engine_float64.json"
+    runs = stored_runs()
+    runs[args.dtype] = old
+    path.write_text(json.dumps({"runs": runs}, indent=1))
+    write_page(runs)
     return 0
+
+
+def stored_runs() -> dict:
+    path = RESULTS / "old_engine_float64.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    return stored.get("runs", {"float64": stored["old"]} if "old" in stored else {})  # first layout: float64 only
+
+
+def write_page(runs: dict) -> None:
+    lines = ["# SparseGPT 50%: the engine from before issue 16 against the current one, in float64 and float32", "",
+             "Same protocol (64 x 512 C4 seed 0, identity order; WikiText-2 test, seqlen 512, first 128 windows). "
+             "The current engine's rows are rounding_noise.json's identity-order rows on the same CPU and thread "
+             "count.", "",
+             "| dtype | engine | commit | WikiText-2 ppl | relative to before | prune s | eval s |",
+             "|---|---|---|---|---|---|---|"]
+    notes = []
+    for dtype, run in sorted(runs.items(), reverse=True):
+        lines.append(f"| {dtype} | {run['engine']} | {OLD_COMMIT[:7]} | {run['ppl']:.10f} | | "
+                     f"{run['prune_seconds']:.0f} | {run['eval_seconds']:.0f} |")
+        current = [r for r in json.loads((RESULTS / "rounding_noise.json").read_text())["rows"]
+                   if r.get("tool", "prunelab") == "prunelab" and r.get("dtype", "float32") == dtype
+                   and r["order"] == "identity" and r.get("cpu") == run.get("cpu") and r["threads"] == run["threads"]]
+        for r in current:
+            kernel = "" if dtype == "float64" else f", {r.get('cpu_linear') or 'aten'}"
+            lines.append(f"| {dtype} | current{kernel} (`rounding_noise.py`) | {r['commit']} | {r['ppl']:.10f} | "
+                         f"**{r['ppl'] / run['ppl'] - 1:+.1e}** | {r['prune_seconds']:.0f} | "
+                         f"{r.get('eval_seconds', float('nan')):.0f} |")
+        if not current:
+            notes.append(f"- No {dtype} identity-order row of the current engine on this CPU: run `python "
+                         f"benchmarks/rounding_noise.py --dtype {dtype} --orders identity --threads {run['threads']}`.")
+    lines += ["", "- float64: the relative difference is to be read against float64's own order-to-order spread "
+              "(1.2e-7); float32: against float32's (up to 2.8% over 24 orders), both in `rounding_noise.md`.",
+              *notes, "", "Reproduce: `python benchmarks/old_engine/float64_parity.py [--dtype float32]` (a git "
+              "worktree of the old commit with float64.patch applied)"]
+    write_markdown(RESULTS / "old_engine_float64.md", lines)
 
 
 if __name__ == "__main__":
