@@ -150,6 +150,12 @@ def test_sparsegpt_solves_float64_weights_in_float64():
     # the two factor H differently (triangular inverse vs explicit inverse and Cholesky): float64 rounding times
     # the damped Hessian's condition number (below 1e4 here), far under float32's 6e-8
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    # float32 weights with float64 statistics (--compute-dtype float64 on a float32 model): solved in float64
+    mixed = get_algorithm("sparsegpt", blocksize=16).prune(w.float(), LayerStats(512, None, h), Pattern(0.5))
+    assert mixed.dtype == torch.float64
+    ref32 = slow_sparsegpt(w.float(), h, 0.5, blocksize=16, dtype=torch.float64)
+    assert torch.equal(mixed == 0, ref32 == 0)
+    torch.testing.assert_close(mixed, ref32, rtol=1e-10, atol=1e-10)
 
 
 def test_sparsegpt_factor_is_shared_by_layers_of_one_hessian_and_recomputed_when_it_changes():

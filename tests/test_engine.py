@@ -8,7 +8,7 @@ import torch
 
 from prunelab.algorithms import available, get_algorithm, register
 from prunelab.algorithms.magnitude import Magnitude
-from prunelab.engine import prune_model
+from prunelab.engine import EngineOptions, prune_model
 from prunelab.models import ModelAdapter
 from prunelab.patterns import Pattern
 from tiny_models import FAMILY_NAMES, assert_fp32_sums_close, random_ids, tiny_model
@@ -227,8 +227,6 @@ def test_mama_keeps_the_mean_output_through_the_bias():
 
 
 def _recorded_hessians(options, ids, family="llama"):
-    from prunelab.engine import EngineOptions
-
     RecordingMagnitude.seen.clear()
     model = tiny_model(family)
     info = {}
@@ -334,6 +332,17 @@ def test_every_method_prunes_a_float64_model_to_the_exact_count(method):
     assert all(p.dtype == torch.float64 for p in model.parameters())
     for r in reports:
         assert r.zeros == expected_zeros(r.shape, pattern, pattern.scope), r.name
+
+
+def test_float64_forwards_of_a_float32_model_keep_its_weights_float32():
+    model = tiny_model("llama")
+    info = {}
+    reports = prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), random_ids(4, 16), progress=False,
+                          options=EngineOptions(compute_dtype="float64"), info=info)
+    assert info["compute_dtype"] == "float64"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for r in reports:
+        assert r.zeros == expected_zeros(r.shape, Pattern(0.5), "layer"), r.name
 
 
 def test_block_calls_and_inputs_are_recorded_without_running_any_block():

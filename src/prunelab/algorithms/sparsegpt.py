@@ -96,9 +96,12 @@ class SparseGPT(PruningAlgorithm):
     def prune(self, weight: torch.Tensor, stats, pattern: Pattern, prior: torch.Tensor | None = None) -> torch.Tensor:
         """``prior``: weights already pruned, kept pruned (their saliency is -inf, so they are chosen first)."""
         hinv, dead = shared_inverse_cholesky(stats.require_hessian(), self.dampening)
+        # fp32, or fp64 when the weight or the statistics are (float64 models; float64 forwards of fp32 ones)
+        dtype = torch.promote_types(math_dtype(weight.dtype), hinv.dtype)
+        hinv = hinv.to(dtype)
         # Work on Wᵀ: each column of W is then one contiguous row, and the per-column rank-1 updates below run
         # about 2x faster than on column slices of W (they dominate the solve).
-        wt = weight.to(math_dtype(weight.dtype)).t().contiguous()
+        wt = weight.to(dtype).t().contiguous()
         wt[dead] = 0.0
         cols = wt.shape[0]
         if pattern.is_nm and self.blocksize % pattern.m:
