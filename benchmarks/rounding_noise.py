@@ -6,7 +6,8 @@ different order. In exact arithmetic every run is the same: XᵀX is a sum over 
 activations depend on that sequence alone. In float32 the sums round differently, near-tied saliencies flip, and
 the masks and perplexity move. The spread across orders is the rounding noise of the method itself, on one engine.
 
-With `--dtype float64` the whole run (weights, forwards, statistics, SparseGPT's solve, evaluation) is in float64,
+With `--dtype float64` the whole run (weights, forwards, statistics, SparseGPT's solve, the evaluation's forwards;
+the evaluation reduces its logits in float32, as always) is in float64,
 whose rounding is ~1e9 times smaller: if the orders then agree to many digits, the float32 spread is rounding
 amplified by near-tied masks, and the float64 value is (to those digits) what exact arithmetic gives. Each float32
 engine's mean over its orders is set against it; nothing says that mean must equal it (the measured offset is the
@@ -145,7 +146,8 @@ def main() -> int:
              "Same 64 x 512 C4 sequences (seed 0); WikiText-2 test, seqlen 512, first 128 windows. prunelab's kernel: "
              "`aten` is torch's MKL sgemm and sdpa (every row before oneDNN existed), `onednn` its inner product and "
              "the chunked causal attention (`--cpu-linear`, engine/linear.py); `float64` runs the whole model, statistics, "
-             "solve and evaluation in float64 (torch's aten kernels).", "",
+             "solve and the evaluation's forwards in float64 (torch's aten kernels; the logits are reduced in float32 as in "
+             "every row).", "",
              "| engine | order | first rows | threads | CPU | WikiText-2 ppl | prune s |",
              "|---|---|---|---|---|---|---|"]
     ordered = sorted(rows.values(), key=lambda r: (*_group(r), r["order"]))
