@@ -46,6 +46,7 @@ from measure import cpu_description, git_commit, write_markdown  # noqa: E402
 from baseline import WORK, evaluate, exported_model, llmc_prune_command, venv_python  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+FLOAT64 = "prunelab (float64)"  # the engine name of --dtype float64 rows
 
 
 def order_of(name: str, n: int) -> torch.Tensor:
@@ -205,11 +206,11 @@ def _against_float64(rows: list[dict]) -> list[str]:
     lines = []
     for cpu in sorted({r.get("cpu", "?") for r in rows}):
         here = [r for r in rows if r.get("cpu", "?") == cpu]
-        exact = [r["ppl"] for r in here if _engine(r) == "prunelab (float64)"]
+        exact = [r["ppl"] for r in here if _engine(r) == FLOAT64]
         if not exact:
             continue
         reference = statistics.mean(exact)
-        for engine in sorted({_engine(r) for r in here} - {"prunelab (float64)"}):
+        for engine in sorted({_engine(r) for r in here} - {FLOAT64}):
             ppls = list({r["order"]: r["ppl"] for r in here if _engine(r) == engine}.values())
             if len(ppls) < 2:
                 continue
@@ -223,7 +224,7 @@ def _against_float64(rows: list[dict]) -> list[str]:
 
 
 def _ppl(value: float, engine: str) -> str:
-    return f"{value:.6f}" if engine == "prunelab (float64)" else f"{value:.3f}"  # float64 rows agree far below 1e-3
+    return f"{value:.6f}" if engine == FLOAT64 else f"{value:.3f}"  # float64 rows agree far below 1e-3
 
 
 def _fraction(x: float) -> str:
@@ -239,7 +240,7 @@ def _engine(row: dict) -> str:
     """The tool, and for prunelab its CPU kernel (rows from before --cpu-linear existed ran torch's aten kernels)."""
     if _tool(row) == "llmcompressor":
         return "llmcompressor"
-    return "prunelab (float64)" if row.get("dtype") == "float64" else f"prunelab ({row.get('cpu_linear') or 'aten'})"
+    return FLOAT64 if row.get("dtype") == "float64" else f"prunelab ({row.get('cpu_linear') or 'aten'})"
 
 
 def _group(row: dict) -> tuple[str, str, int]:

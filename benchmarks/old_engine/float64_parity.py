@@ -26,8 +26,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OLD_COMMIT = "1ec99dcf79d1f12dca44dd8905014170da4fc302"  # parent of 66c6bcc, the first engine commit of issue 16
+RUNS = RESULTS / "old_engine_float64.json"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from measure import cpu_description, git_commit, write_markdown  # noqa: E402
+from rounding_noise import FLOAT64, _engine, ordered_calibration  # noqa: E402  (its protocol and row names)
 
 
 def prune_and_evaluate(dtype: str) -> dict:
@@ -36,14 +38,13 @@ def prune_and_evaluate(dtype: str) -> dict:
 
     import prunelab
     from prunelab.algorithms import get_algorithm
-    from prunelab.api import calibration_data, evaluate
-    from prunelab.config import CalibrationConfig
+    from prunelab.api import evaluate
     from prunelab.engine import prune_model
     from prunelab.models.loading import load_model
     from prunelab.patterns import Pattern
 
     model, tokenizer, _ = load_model("smollm2-135m", dtype)
-    ids, info = calibration_data(tokenizer, CalibrationConfig("c4", "train", 64, 512, 0))
+    ids, _, info = ordered_calibration(tokenizer, "identity")
     started = time.perf_counter()
     prune_model(model, get_algorithm("sparsegpt"), Pattern(0.5), ids, progress=True)
     seconds = time.perf_counter() - started
@@ -82,24 +83,21 @@ def main() -> int:
     prepare(args.worktree)
     env = dict(os.environ, PYTHONPATH=str(args.worktree / "src"))
     proc = subprocess.run([sys.executable, __file__, "--child", "--threads", str(args.threads), "--dtype", args.dtype],
-                          env=env,
-                          stdout=subprocess.PIPE, text=True, check=True)
+                          env=env, stdout=subprocess.PIPE, text=True, check=True)
     old = json.loads(proc.stdout.strip().splitlines()[-1])
     if not old["module"].startswith(str(args.worktree)):
         raise SystemExit(f"the child imported prunelab from {old['module']}, not from the old worktree")
     old |= {"engine": f"before issue 16 ({OLD_COMMIT[:7]}) + float64.patch", "cpu": cpu_description(),
             "script_commit": git_commit()}
-    path = RESULTS / "old_engine_float64.json"
     runs = stored_runs()
     runs[args.dtype] = old
-    path.write_text(json.dumps({"runs": runs}, indent=1))
+    RUNS.write_text(json.dumps({"runs": runs}, indent=1))
     write_page(runs)
     return 0
 
 
 def stored_runs() -> dict:
-    path = RESULTS / "old_engine_float64.json"
-    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored = json.loads(RUNS.read_text()) if RUNS.is_file() else {}
     return stored.get("runs", {"float64": stored["old"]} if "old" in stored else {})  # first layout: float64 only
 
 
@@ -115,11 +113,10 @@ def write_page(runs: dict) -> None:
         lines.append(f"| {dtype} | {run['engine']} | {OLD_COMMIT[:7]} | {run['ppl']:.10f} | | "
                      f"{run['prune_seconds']:.0f} | {run['eval_seconds']:.0f} |")
         current = [r for r in json.loads((RESULTS / "rounding_noise.json").read_text())["rows"]
-                   if r.get("tool", "prunelab") == "prunelab" and r.get("dtype", "float32") == dtype
+                   if _engine(r).startswith("prunelab") and (_engine(r) == FLOAT64) == (dtype == "float64")
                    and r["order"] == "identity" and r.get("cpu") == run.get("cpu") and r["threads"] == run["threads"]]
         for r in current:
-            kernel = "" if dtype == "float64" else f", {r.get('cpu_linear') or 'aten'}"
-            lines.append(f"| {dtype} | current{kernel} (`rounding_noise.py`) | {r['commit']} | {r['ppl']:.10f} | "
+            lines.append(f"| {dtype} | current: {_engine(r)} (`rounding_noise.py`) | {r['commit']} | {r['ppl']:.10f} | "
                          f"**{r['ppl'] / run['ppl'] - 1:+.1e}** | {r['prune_seconds']:.0f} | "
                          f"{r.get('eval_seconds', float('nan')):.0f} |")
         if not current:
