@@ -334,6 +334,22 @@ def test_every_method_prunes_a_float64_model_to_the_exact_count(method):
         assert r.zeros == expected_zeros(r.shape, pattern, pattern.scope), r.name
 
 
+def test_global_scope_keeps_a_float64_models_weights_unrounded():
+    model = tiny_model("llama").double()
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights a float32 would round (tiny_model's come from float32)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-9)
+    before = {n: ModelAdapter.get_weight(l).clone() for n, l in ModelAdapter(model).named_prunable_layers()}
+    prune_model(model, get_algorithm("magnitude"), Pattern(0.5, scope="global"), None, progress=False)
+    layers = dict(ModelAdapter(model).named_prunable_layers())
+    assert sum(int((ModelAdapter.get_weight(layers[n]) == 0).sum()) for n in before) == \
+        sum(w.numel() for w in before.values()) // 2
+    for name, dense in before.items():
+        w = ModelAdapter.get_weight(layers[name])
+        assert torch.equal(w[w != 0], dense[w != 0]), name  # kept weights as they were, not through float32
+
+
 def test_float64_forwards_of_a_float32_model_keep_its_weights_float32():
     model = tiny_model("llama")
     info = {}

@@ -198,7 +198,8 @@ def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: P
     layers = list(adapter.named_prunable_layers())
     scores = []
     for name, layer in layers:
-        s = algorithm.scores(adapter.get_weight(layer).float(), None)
+        weight = adapter.get_weight(layer)
+        s = algorithm.scores(weight.to(math_dtype(weight.dtype)), None)
         prior = (prior_masks or {}).get(name)
         scores.append((s if prior is None else s.masked_fill(prior.to(s.device), float("-inf"))).flatten())
     flat = torch.cat(scores)
@@ -216,7 +217,7 @@ def _prune_global(adapter: ModelAdapter, algorithm: PruningAlgorithm, pattern: P
         pruned_mask[ties] = True
         tie_budget -= ties.numel()
         weight = adapter.get_weight(layer)
-        adapter.set_weight(layer, weight.float().masked_fill(pruned_mask.view_as(weight), 0.0))
+        adapter.set_weight(layer, weight.masked_fill(pruned_mask.view_as(weight), 0.0))
         reports.append(_as_is(adapter, name, layer, time.perf_counter() - start))
     return reports
 
